@@ -1,0 +1,61 @@
+# Two commands set everything up: `make book` and `make test`. Both create .venv when missing.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+PY     := $(BIN)/python
+STAMP  := $(VENV)/.installed
+export PATH := $(abspath $(BIN)):$(PATH)
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+export PYDEVD_DISABLE_FILE_VALIDATION := 1
+
+ASSIGNMENTS := $(notdir $(wildcard solutions/ex*))
+NOTEBOOKS   := $(wildcard chapters/*/*.ipynb)
+
+.PHONY: help venv book test lab release grade outputs bench clean
+
+help:
+	@echo "make book     build the HTML book into _build/html (creates .venv if missing)"
+	@echo "make test     run every test: library, notebooks, grading, release, book"
+	@echo "make lab      JupyterLab with nbgrader on the exercises"
+	@echo "make release  regenerate exercises/ from solutions/"
+	@echo "make grade    grade submissions: make grade A=ex02_attention S=path/to/submissions"
+	@echo "make outputs  re-execute the chapter and solution notebooks and save their outputs"
+	@echo "make bench    benchmarks against the libraries people use"
+
+venv: $(STAMP)
+
+# torch first, so pip takes the CPU wheel on disk instead of a multi-GB CUDA build.
+$(STAMP): requirements.txt pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	@touch $(STAMP)
+
+book: $(STAMP)
+	$(PY) -m llmcourse.book build
+
+test: $(STAMP)
+	$(PY) -m pytest --nbval --nbval-sanitize-with tests/nbval_sanitize.cfg -ra $(PYTEST_ARGS)
+
+lab: $(STAMP)
+	$(PY) -m llmcourse.cli lab
+
+release: $(STAMP)
+	$(PY) -m llmcourse.cli release $(ASSIGNMENTS)
+
+A ?= ex02_attention
+S ?= submitted
+grade: $(STAMP)
+	$(PY) -m llmcourse.cli grade $(A) $(S)
+
+outputs: $(STAMP)
+	$(PY) -m llmcourse.cli outputs $(NOTEBOOKS) $(wildcard solutions/*/*.ipynb)
+
+bench: $(STAMP)
+	$(PY) -m benchmarks.run
+
+clean:
+	rm -rf _build _vendor

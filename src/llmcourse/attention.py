@@ -1,0 +1,161 @@
+"""Attention: scaled dot-product attention, masks and multi-head attention.
+
+Mask convention (the same as ``torch.nn.functional.scaled_dot_product_attention``): a bool
+tensor broadcastable to the scores ``(..., T_q, T_k)`` where **True means "may attend"**.
+A query whose row is entirely False attends to nothing: its weights and output are zeros.
+
+Two paths compute the same thing. The readable one spells out
+``softmax(Q K^T / sqrt(d_k)) V`` and returns the weights, for teaching and plots. The fast
+one calls PyTorch's fused kernel (flash / memory-efficient attention where available).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = [
+    "scaled_dot_product_attention",
+    "causal_mask",
+    "padding_mask",
+    "combine_masks",
+    "MultiHeadAttention",
+]
+
+
+def _check_mask(mask: Tensor | None, scores_shape: torch.Size) -> None:
+    if mask is None:
+        return
+    if mask.dtype != torch.bool:
+        raise TypeError(
+            f"mask must be a bool tensor (True = may attend), got dtype {mask.dtype}; "
+            "convert a 0/1 attention_mask with `mask.bool()` or build one with padding_mask()."
+        )
+    try:
+        torch.broadcast_shapes(mask.shape, scores_shape)
+    except RuntimeError as err:
+        raise ValueError(
+            f"mask of shape {tuple(mask.shape)} does not broadcast to the scores {tuple(scores_shape)} "
+            "(..., T_q, T_k); add singleton dims, e.g. mask[:, None, None, :] for a (B, T) padding mask."
+        ) from err
+
+
+def scaled_dot_product_attention(
+    q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, dropout_p: float = 0.0
+) -> tuple[Tensor, Tensor]:
+    """Readable attention: return ``(softmax(q k^T / sqrt(d_k)) v, weights)``.
+
+    Shapes: q (..., T_q, d_k), k (..., T_k, d_k), v (..., T_k, d_v) -> output (..., T_q, d_v),
+    weights (..., T_q, T_k). Leading dims broadcast (batch, heads, ...).
+    """
+    if q.shape[-1] != k.shape[-1]:
+        raise ValueError(f"queries and keys need the same width d_k, got {q.shape[-1]} and {k.shape[-1]}")
+    if k.shape[-2] != v.shape[-2]:
+        raise ValueError(f"keys and values need the same length T_k, got {k.shape[-2]} and {v.shape[-2]}")
+    d_k = q.shape[-1]
+    scores = q @ k.transpose(-2, -1) / math.sqrt(d_k)  # (..., T_q, T_k)
+    _check_mask(mask, scores.shape)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    weights = torch.softmax(scores, dim=-1)
+    if mask is not None:
+        # A fully masked row is softmax over all -inf = NaN; it attends to nothing instead.
+        weights = weights.masked_fill(~mask.any(dim=-1, keepdim=True), 0.0)
+    if dropout_p > 0.0:
+        weights = F.dropout(weights, p=dropout_p)
+    return weights @ v, weights
+
+
+def causal_mask(size: int, key_size: int | None = None, device: torch.device | str | None = None) -> Tensor:
+    """Bool (size, key_size) mask, True on and below the diagonal: position t sees 0..t only.
+
+    ``key_size`` defaults to ``size``; when it differs the mask is aligned top-left, as
+    PyTorch's ``is_causal=True`` is.
+    """
+    key_size = size if key_size is None else key_size
+    return torch.ones(size, key_size, dtype=torch.bool, device=device).tril()
+
+
+def padding_mask(attention_mask: Tensor) -> Tensor:
+    """Turn a (B, T_k) 0/1 or bool attention mask (1 = real token) into a (B, 1, 1, T_k) bool mask."""
+    if attention_mask.dim() != 2:
+        raise ValueError(f"expected a (batch, seq_len) attention mask, got shape {tuple(attention_mask.shape)}")
+    return attention_mask.bool()[:, None, None, :]
+
+
+def combine_masks(*masks: Tensor | None) -> Tensor | None:
+    """AND together the given bool masks (broadcasting); None entries are ignored."""
+    result: Tensor | None = None
+    for mask in masks:
+        if mask is not None:
+            result = mask if result is None else result & mask
+    return result
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head attention: ``Concat(head_1..head_h) W^O`` with ``head_i = Attention(Q W_i^Q, K W_i^K, V W_i^V)``.
+
+    The four projections are ``nn.Linear(d_model, d_model)``; head ``i`` uses features
+    ``i*d_head:(i+1)*d_head`` of each, the layout of ``nn.MultiheadAttention``, so weights copy across.
+    """
+
+    def __init__(self, d_model: int, n_heads: int, dropout: float = 0.0, bias: bool = True) -> None:
+        super().__init__()
+        if d_model % n_heads != 0:
+            raise ValueError(f"d_model={d_model} must be divisible by n_heads={n_heads}")
+        self.d_model = d_model
+        self.n_heads = n_heads
+        self.d_head = d_model // n_heads
+        self.dropout = dropout
+        self.w_q = nn.Linear(d_model, d_model, bias=bias)
+        self.w_k = nn.Linear(d_model, d_model, bias=bias)
+        self.w_v = nn.Linear(d_model, d_model, bias=bias)
+        self.w_o = nn.Linear(d_model, d_model, bias=bias)
+
+    def split_heads(self, x: Tensor) -> Tensor:
+        """(B, T, d_model) -> (B, n_heads, T, d_head): a view, then move heads before time."""
+        batch, length, _ = x.shape
+        return x.view(batch, length, self.n_heads, self.d_head).transpose(1, 2)
+
+    def merge_heads(self, x: Tensor) -> Tensor:
+        """(B, n_heads, T, d_head) -> (B, T, d_model): the inverse of split_heads."""
+        batch, _, length, _ = x.shape
+        return x.transpose(1, 2).reshape(batch, length, self.d_model)
+
+    def forward(
+        self,
+        query: Tensor,
+        key: Tensor | None = None,
+        value: Tensor | None = None,
+        mask: Tensor | None = None,
+        is_causal: bool = False,
+        need_weights: bool = False,
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """Attend from ``query`` (B, T_q, d) to ``key``/``value`` (B, T_k, d); self-attention if omitted.
+
+        ``mask`` broadcasts to (B, n_heads, T_q, T_k), True = may attend; ``is_causal`` adds the
+        look-ahead mask. With ``need_weights`` the readable path runs and the per-head weights
+        (B, n_heads, T_q, T_k) are returned too; otherwise the fused kernel runs.
+        """
+        key = query if key is None else key
+        value = key if value is None else value
+        q = self.split_heads(self.w_q(query))  # (B, h, T_q, d_head)
+        k = self.split_heads(self.w_k(key))  # (B, h, T_k, d_head)
+        v = self.split_heads(self.w_v(value))  # (B, h, T_k, d_head)
+        dropout_p = self.dropout if self.training else 0.0
+        if need_weights:
+            full_mask = mask
+            if is_causal:
+                full_mask = combine_masks(mask, causal_mask(q.shape[-2], k.shape[-2], q.device))
+            out, weights = scaled_dot_product_attention(q, k, v, full_mask, dropout_p)
+            return self.w_o(self.merge_heads(out)), weights
+        if mask is not None:
+            _check_mask(mask, torch.Size((*q.shape[:-1], k.shape[-2])))
+            if is_causal:
+                mask = combine_masks(mask, causal_mask(q.shape[-2], k.shape[-2], q.device))
+                is_causal = False
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal)
+        return self.w_o(self.merge_heads(out))  # (B, T_q, d_model)

@@ -53,7 +53,7 @@ def build(root: Path = REPO_ROOT, output: Path | None = None, fresh: bool = Fals
     ]
     done = subprocess.run(cmd, cwd=root)
     if done.returncode != 0:
-        raise SystemExit(f"Book build failed (exit {done.returncode}); the warnings above say which page and why.")
+        raise RuntimeError(f"Book build failed (exit {done.returncode}); the warnings above say which page and why.")
     return out / "_build" / "html"
 
 
@@ -64,7 +64,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--output", type=Path, default=None)
     parser.add_argument("--fresh", action="store_true", help="remove the previous build first")
     args = parser.parse_args(argv)
-    html = build(args.root.resolve(), args.output.resolve() if args.output else None, args.fresh)
+    try:
+        html = build(args.root.resolve(), args.output.resolve() if args.output else None, args.fresh)
+    except RuntimeError as err:
+        raise SystemExit(str(err)) from None
     print(f"Book written to {html / 'index.html'}")
 
 

@@ -1,0 +1,1 @@
+"""Benchmarks: the course's code measured side by side with the libraries people use."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections import Counter
 
 import pytest
 
@@ -105,6 +106,8 @@ def test_context_is_cut_and_padded() -> None:
     model = NGramModel(2).fit(CORPUS)
     assert model.prob("cat", ["on", "the", "a"]) == model.prob("cat", ["a"])
     assert model.prob("cat", []) == model.prob("cat", [BOS])
+    four = NGramModel(4).fit(CORPUS)
+    assert four.prob("sat", ["the", "cat"]) == four.prob("sat", [BOS, "the", "cat"]) != four.prob("sat", ["cat"])
     with pytest.raises(ValueError):
         model.prob(BOS, [])
     with pytest.raises(ValueError):
@@ -133,3 +136,15 @@ def test_on_shakespeare_context_helps_and_unigrams_do_not_overfit() -> None:
     # A trigram model memorises its training text far more than a unigram model does.
     assert trigram.perplexity(train) < 0.5 * trigram.perplexity(test)
     assert unigram.perplexity(train) > 0.7 * unigram.perplexity(test)
+
+
+@pytest.mark.parametrize("smoothing", ["add-k", "kneser-ney"])
+def test_sampling_follows_the_distribution(smoothing: str) -> None:
+    model = NGramModel(3, smoothing=smoothing, k=0.2).fit(CORPUS)
+    rng = random.Random(0)
+    for context in (["sat", "on"], ["the"], ["zebra", "cat"]):
+        draws = 20_000
+        seen = Counter(model.sample(context, rng) for _ in range(draws))
+        for token, p in model.distribution(context).items():
+            # 4.5 standard deviations of a binomial frequency: fails by chance about once in 10^5.
+            assert abs(seen[token] / draws - p) <= 4.5 * math.sqrt(p * (1 - p) / draws) + 1e-9, (context, token)

@@ -171,6 +171,7 @@ def test_word_tokenizer_keeps_punctuation_and_inner_apostrophes() -> None:
         "Hippolyta", ",", "I", "woo'd", "thee", "with", "my", "sword", ";", "step-dame", "!", "What's", "this", "?",
     ]
     assert word_tokenize("To BE", lowercase=True) == ["to", "be"]
+    assert word_tokenize("'Tis so, i' the night.") == ["'Tis", "so", ",", "i", "'", "the", "night", "."]
     assert split_sentences("Who's there? Nay, answer me. Stand!\nLong live the king.") == [
         "Who's there?", "Nay, answer me.", "Stand!", "Long live the king.",
     ]

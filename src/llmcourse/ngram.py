@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Iterable, Sequence
 
 from llmcourse import data
@@ -65,9 +65,9 @@ class NGramModel:
         self.n, self.smoothing, self.k, self.discount, self.min_count = n, smoothing, k, discount, min_count
         self.vocab: list[str] = [EOS, UNK]
         self._known: set[str] = set(self.vocab)
-        # counts[m][context] = Counter of next tokens, for n-grams of length m = 1..n. The top
-        # order holds raw counts; with Kneser-Ney lower orders hold continuation counts.
-        self.counts: dict[int, dict[Context, Counter[str]]] = {m: {} for m in range(1, n + 1)}
+        # counts[m][context][token], for n-grams of length m = 1..n. The top order holds raw
+        # counts; with Kneser-Ney the lower orders hold continuation counts.
+        self.counts: dict[int, dict[Context, dict[str, int]]] = {m: {} for m in range(1, n + 1)}
         self._totals: dict[int, dict[Context, int]] = {m: {} for m in range(1, n + 1)}
 
     def fit(self, sentences: Iterable[Sequence[str]], vocabulary: Iterable[str] | None = None) -> NGramModel:
@@ -82,19 +82,19 @@ class NGramModel:
             vocabulary = (token for token, count in frequency.items() if count >= self.min_count)
         self.vocab = [EOS, UNK, *sorted(set(vocabulary) - {BOS, EOS, UNK})]
         self._known = set(self.vocab)
-        top: dict[Context, Counter[str]] = defaultdict(Counter)
-        for sentence in sentences:
-            padded = [BOS] * (self.n - 1) + self.known(sentence) + [EOS]
-            for i in range(self.n - 1, len(padded)):
-                top[tuple(padded[i - self.n + 1 : i])][padded[i]] += 1
-        self.counts = {self.n: dict(top)}
+        grams = Counter(gram for sentence in sentences for gram in self.ngrams(sentence))
+        top: dict[Context, dict[str, int]] = {}
+        for gram, count in grams.items():
+            top.setdefault(gram[:-1], {})[gram[-1]] = count
+        self.counts = {self.n: top}
         for m in range(self.n - 1, 0 if self.smoothing == "kneser-ney" else self.n, -1):
             # Continuation counts: in how many distinct (m+1)-grams does (context, token) end?
-            lower: dict[Context, Counter[str]] = defaultdict(Counter)
+            lower: dict[Context, dict[str, int]] = {}
             for context, followers in self.counts[m + 1].items():
+                table = lower.setdefault(context[1:], {})
                 for token in followers:
-                    lower[context[1:]][token] += 1
-            self.counts[m] = dict(lower)
+                    table[token] = table.get(token, 0) + 1
+            self.counts[m] = lower
         self._totals = {m: {h: sum(c.values()) for h, c in table.items()} for m, table in self.counts.items()}
         return self
 
@@ -102,25 +102,34 @@ class NGramModel:
         """Tokens with out-of-vocabulary ones replaced by ``<unk>``."""
         return [t if t in self._known or t == BOS else UNK for t in tokens]
 
+    def ngrams(self, sentence: Sequence[str]) -> Iterable[tuple[str, ...]]:
+        """The n-grams of a padded sentence, out-of-vocabulary words as ``<unk>``."""
+        padded = [BOS] * (self.n - 1) + self.known(sentence) + [EOS]
+        return zip(*(padded[i:] for i in range(self.n)))
+
     def count(self, ngram: Sequence[str]) -> int:
         """How often the n-gram (of length ``n``, already mapped to the vocabulary) was seen."""
         *context, token = ngram
-        return self.counts[self.n].get(tuple(context), Counter())[token]
+        return self.counts[self.n].get(tuple(context), {}).get(token, 0)
+
+    def _history(self, context: Sequence[str]) -> Context:
+        # The last n - 1 tokens of the context, padded on the left with <s>.
+        history = tuple(self.known(context))[-(self.n - 1) :] if self.n > 1 else ()
+        return (BOS,) * (self.n - 1 - len(history)) + history
 
     def prob(self, token: str, context: Sequence[str] = ()) -> float:
         """P(token | context); the context is padded with ``<s>`` or cut to its last ``n - 1`` tokens."""
         if token == BOS:
             raise ValueError("<s> is never predicted; it only pads contexts")
         token = self.known([token])[0]
-        history = tuple(self.known(context))[-(self.n - 1) :] if self.n > 1 else ()
-        history = (BOS,) * (self.n - 1 - len(history)) + history
+        history = self._history(context)
         if self.smoothing == "add-k":
             return self._add_k(token, history)
         return self._kneser_ney(token, history, self.n)
 
     def _add_k(self, token: str, history: Context) -> float:
         followers = self.counts[self.n].get(history)
-        seen = followers[token] if followers else 0
+        seen = followers.get(token, 0) if followers else 0
         total = self._totals[self.n].get(history, 0)
         if total == 0 and self.k == 0:
             return 1.0 / len(self.vocab)  # an unseen context says nothing: uniform
@@ -136,13 +145,12 @@ class NGramModel:
         if not followers:
             return lower  # unseen context: all the mass goes to the shorter context
         total = self._totals[m][history]
-        discounted = max(followers[token] - self.discount, 0.0) / total
+        discounted = max(followers.get(token, 0) - self.discount, 0.0) / total
         return discounted + self.discount * len(followers) / total * lower
 
     def distribution(self, context: Sequence[str] = ()) -> dict[str, float]:
         """P(token | context) for every token of the vocabulary (faster than calling ``prob``)."""
-        history = tuple(self.known(context))[-(self.n - 1) :] if self.n > 1 else ()
-        history = (BOS,) * (self.n - 1 - len(history)) + history
+        history = self._history(context)
         if self.smoothing == "add-k":
             return {token: self._add_k(token, history) for token in self.vocab}
         # The Kneser-Ney recursion of _kneser_ney, one order at a time, for all tokens at once.
@@ -179,13 +187,35 @@ class NGramModel:
             raise ValueError("perplexity of an empty set of sentences is undefined")
         return math.exp(nll / tokens)
 
+    def sample(self, context: Sequence[str] = (), rng: random.Random | None = None) -> str:
+        """Draw one token from P(. | context) without building the whole distribution."""
+        rng = rng or random.Random()
+        history = self._history(context)
+        if self.smoothing == "add-k":
+            # (c + k) / (c(h) + kV) mixes the counts (weight c(h)) with a uniform draw (weight kV).
+            followers = self.counts[self.n].get(history)
+            total = self._totals[self.n].get(history, 0)
+            if followers and rng.random() * (total + self.k * len(self.vocab)) < total:
+                return rng.choices(list(followers), weights=list(followers.values()))[0]
+            return rng.choice(self.vocab)
+        # Kneser-Ney is a mixture too: the discounted counts of the longest context, or else
+        # (with probability d N(h) / c(h)) a draw from the next shorter context, down to uniform.
+        for m in range(self.n, 0, -1):
+            followers = self.counts[m].get(history[self.n - m :])
+            if not followers:
+                continue
+            total = self._totals[m][history[self.n - m :]]
+            if rng.random() >= self.discount * len(followers) / total:
+                tokens = list(followers)
+                return rng.choices(tokens, weights=[followers[t] - self.discount for t in tokens])[0]
+        return rng.choice(self.vocab)
+
     def generate(self, seed: int | random.Random = 0, max_tokens: int = 40, context: Sequence[str] = ()) -> list[str]:
         """Sample tokens after ``context`` until ``</s>`` or ``max_tokens``; same seed, same text."""
         rng = seed if isinstance(seed, random.Random) else random.Random(seed)
         history, out = list(context), []
         while len(out) < max_tokens:
-            probabilities = self.distribution(history)
-            token = rng.choices(self.vocab, weights=[probabilities[t] for t in self.vocab])[0]
+            token = self.sample(history, rng)
             if token == EOS:
                 break
             out.append(token)

@@ -47,9 +47,9 @@ GPT2_SPLIT = r"""'(?:s|t|re|ve|m|ll|d)| ?[^\W\d_]+| ?\d+| ?(?:[^\s\w]|_)+|\s+(?!
 #: The token standing for anything outside a vocabulary.
 UNK = "<unk>"
 
-# A word is letters/digits with inner apostrophes or hyphens ("woo'd", "step-dame");
-# any other non-space character is a token of its own.
-_WORD = re.compile(r"\w+(?:['\-]\w+)*|[^\w\s]")
+# A word is letters/digits with inner apostrophes or hyphens ("woo'd", "step-dame") and an
+# optional leading apostrophe ("'tis", "'em"); any other non-space character is a token of its own.
+_WORD = re.compile(r"'?\w+(?:['\-]\w+)*|[^\w\s]")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
 

@@ -1,0 +1,180 @@
+"""The ``llmcourse`` command: grade, release and validate exercises, refresh outputs, start JupyterLab.
+
+    llmcourse grade ASSIGNMENT PATH... [--json] [--feedback DIR]
+    llmcourse release ASSIGNMENT...
+    llmcourse validate NOTEBOOK
+    llmcourse outputs NOTEBOOK...
+    llmcourse lab
+
+Exit status: 0 when the command ran (whatever the scores), 1 when ``validate`` finds a failing
+test or ``outputs`` a failing notebook, 2 on a usage error (unknown assignment, missing path).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from tqdm import tqdm
+
+USAGE_ERROR = 2
+
+
+def _fail(message: str) -> int:
+    print(f"llmcourse: error: {message}", file=sys.stderr)
+    return USAGE_ERROR
+
+
+def _table(rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows)
+
+
+def cmd_grade(args: argparse.Namespace) -> int:
+    """Auto-grade submissions and print a table, or JSON with --json."""
+    from .grading import GradingError, grade
+
+    try:
+        results = grade(args.assignment, [Path(p) for p in args.paths], feedback_dir=args.feedback,
+                        solutions_dir=args.solutions, progress=not args.json)
+    except (GradingError, FileNotFoundError, ValueError) as error:
+        return _fail(str(error))
+    if args.json:
+        print(json.dumps([result.to_json() for result in results], indent=2))
+        return 0
+    rows = [["submission", "score", "max_score", "error"]]
+    rows += [[r.submission, f"{r.score:g}", f"{r.max_score:g}", r.error or ""] for r in results]
+    print(_table(rows))
+    graded = [r for r in results if not r.error]
+    if graded:
+        mean = sum(r.seconds for r in graded) / len(graded)
+        print(f"\n{len(graded)} graded, {len(results) - len(graded)} with errors; {mean:.1f} s per graded submission")
+    pages = [page for r in results for page in r.feedback]
+    if pages:
+        print(f"feedback: {len(pages)} HTML page(s) in {args.feedback} "
+              "(nbgrader's pages show the hidden tests: do not hand them to learners yet)")
+    return 0
+
+
+def cmd_release(args: argparse.Namespace) -> int:
+    """Regenerate exercises/<assignment>/ from solutions/<assignment>/."""
+    from .grading import GradingError, check_unique_answer_ids, release_assignment
+
+    try:
+        check_unique_answer_ids(args.solutions)
+        for assignment in args.assignments:
+            for path in release_assignment(assignment, args.exercises, args.solutions):
+                print(f"wrote {path}")
+    except GradingError as error:
+        return _fail(str(error))
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    """Run a notebook's tests; exit 1 if any fails."""
+    from .grading import SubmissionError
+    from .grading.execution import validate_notebook
+
+    path = Path(args.notebook)
+    if not path.is_file():
+        return _fail(f"no such notebook: {path}")
+    try:
+        report = validate_notebook(path)
+    except SubmissionError as error:
+        print(f"{path}: {error}")
+        return 1
+    print(report.summary())
+    return 0 if report.passed else 1
+
+
+def cmd_outputs(args: argparse.Namespace) -> int:
+    """Re-execute notebooks in place and save their outputs."""
+    from .grading.execution import CellExecutionError, execute_in_place
+
+    paths = [Path(p) for p in args.notebooks]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        return _fail(f"no such notebook: {', '.join(missing)}")
+    failed = []
+    for path in tqdm(paths, desc="executing", unit="notebook"):
+        try:
+            execute_in_place(path)
+        except CellExecutionError as error:
+            failed.append(path)
+            tqdm.write(f"{path}: a cell failed, outputs not saved:\n{str(error).strip()[-2000:]}")
+        except Exception as error:  # a dead kernel or a timeout: report and go on with the others
+            failed.append(path)
+            tqdm.write(f"{path}: {type(error).__name__}: {error}; outputs not saved")
+    if failed:
+        print(f"{len(failed)} of {len(paths)} notebooks failed: {', '.join(map(str, failed))}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_lab(args: argparse.Namespace) -> int:
+    """Start JupyterLab on the repository, offline, with nbgrader's extensions."""
+    from .grading import REPO_ROOT
+
+    command = [
+        sys.executable, "-m", "jupyterlab", "--ip=127.0.0.1", "--no-browser",
+        f"--ServerApp.root_dir={REPO_ROOT}",
+        "--LabApp.news_url=None",
+        "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+    ]
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        command.append("--allow-root")
+    command += args.extra
+    # Run from the repository so that nbgrader finds nbgrader_config.py.
+    return subprocess.call(command, cwd=REPO_ROOT)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the argument parser of the ``llmcourse`` command."""
+    from .grading.settings import EXERCISES_DIR, SOLUTIONS_DIR
+
+    parser = argparse.ArgumentParser(prog="llmcourse", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    grade = commands.add_parser("grade", help="auto-grade notebooks, or folders of them, with nbgrader")
+    grade.add_argument("assignment", help="assignment name, a folder of solutions/ (e.g. ex02_attention)")
+    grade.add_argument("paths", nargs="+", metavar="PATH",
+                       help="a notebook, a folder of notebooks, or nbgrader's submitted/ folder")
+    grade.add_argument("--json", action="store_true", help="print JSON: submission, score, max_score, error, tests")
+    grade.add_argument("--feedback", type=Path, metavar="DIR", help="write one HTML feedback page per submission")
+    grade.add_argument("--solutions", type=Path, default=SOLUTIONS_DIR, help=argparse.SUPPRESS)
+    grade.set_defaults(run=cmd_grade)
+
+    release = commands.add_parser("release", help="regenerate exercises/<assignment>/ from solutions/")
+    release.add_argument("assignments", nargs="+", metavar="ASSIGNMENT")
+    release.add_argument("--solutions", type=Path, default=SOLUTIONS_DIR, help=argparse.SUPPRESS)
+    release.add_argument("--exercises", type=Path, default=EXERCISES_DIR, help=argparse.SUPPRESS)
+    release.set_defaults(run=cmd_release)
+
+    validate = commands.add_parser("validate", help="run a notebook's tests; exit 1 if one fails")
+    validate.add_argument("notebook")
+    validate.set_defaults(run=cmd_validate)
+
+    outputs = commands.add_parser("outputs", help="re-execute notebooks in place and save their outputs")
+    outputs.add_argument("notebooks", nargs="+", metavar="NOTEBOOK")
+    outputs.set_defaults(run=cmd_outputs)
+
+    lab = commands.add_parser("lab", help="start JupyterLab on the repository (offline, with nbgrader)")
+    lab.add_argument("extra", nargs=argparse.REMAINDER, help="more options for jupyter lab")
+    lab.set_defaults(run=cmd_lab)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``llmcourse`` command line and return its exit status."""
+    args = build_parser().parse_args(argv)
+    return int(args.run(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,99 @@
+"""Running notebooks with nbclient: a learner's self-check (validate) and refreshing saved outputs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nbformat
+from nbclient import NotebookClient
+from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
+from nbformat import NotebookNode
+
+from .notebooks import load_notebook, nbgrader_meta
+from .settings import CELL_TIMEOUT_S, OUTPUTS_TIMEOUT_S
+
+
+@dataclass
+class CellCheck:
+    """One test cell after a validation run."""
+
+    name: str
+    points: float
+    error: str | None  # "AssertionError: ..." when the cell raised, else None
+
+
+@dataclass
+class ValidationReport:
+    """What ``validate_notebook`` found: test cells and errors in other cells."""
+
+    notebook: Path
+    tests: list[CellCheck] = field(default_factory=list)
+    other_errors: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        """True when there is at least one test cell and none of them failed."""
+        return bool(self.tests) and all(test.error is None for test in self.tests)
+
+    def summary(self) -> str:
+        """Return a few lines for a person: passed and failed tests, and other errors."""
+        earned = sum(t.points for t in self.tests if t.error is None)
+        total = sum(t.points for t in self.tests)
+        ok = sum(t.error is None for t in self.tests)
+        lines = [f"{self.notebook}: {ok}/{len(self.tests)} test cells pass ({earned:g}/{total:g} points)"]
+        lines += [f"  FAIL {t.name} ({t.points:g} points): {t.error}" for t in self.tests if t.error]
+        lines += [f"  error in another cell: {message}" for message in self.other_errors]
+        if not self.tests:
+            lines.append("  no test cells found: is this an exercise notebook from exercises/?")
+        return "\n".join(lines)
+
+
+def _error_text(cell: NotebookNode) -> str | None:
+    for output in cell.get("outputs", []):
+        if output.get("output_type") == "error":
+            value = str(output.get("evalue", "")).strip().splitlines()
+            return f"{output.get('ename', 'Error')}: {value[0] if value else ''}".rstrip(": ")
+    return None
+
+
+def _client(nb: NotebookNode, folder: Path, timeout: int, allow_errors: bool, kernel: str) -> NotebookClient:
+    return NotebookClient(nb, timeout=timeout, kernel_name=kernel, allow_errors=allow_errors,
+                          record_timing=False, resources={"metadata": {"path": str(folder)}})
+
+
+def validate_notebook(path: Path, timeout: int = CELL_TIMEOUT_S) -> ValidationReport:
+    """Run every cell of the notebook at ``path`` (in its folder) and report its test cells.
+
+    Raises SubmissionError when the file is not a readable notebook.
+    """
+    nb = load_notebook(path)
+    report = ValidationReport(notebook=path)
+    try:
+        kernel = nb.metadata.get("kernelspec", {}).get("name") or "python3"
+        _client(nb, path.parent, timeout, allow_errors=True, kernel=kernel).execute()
+    except (CellTimeoutError, DeadKernelError) as error:
+        report.other_errors.append(f"{type(error).__name__}: {str(error).strip().splitlines()[0]}")
+    for index, cell in enumerate(nb.cells):
+        if cell.cell_type != "code":
+            continue
+        meta = nbgrader_meta(cell)
+        error = _error_text(cell)
+        if meta.get("grade") and not meta.get("solution"):
+            report.tests.append(CellCheck(str(meta.get("grade_id", f"cell {index}")), float(meta.get("points", 0)), error))
+        elif error:
+            report.other_errors.append(f"cell {index} ({meta.get('grade_id', 'code')}): {error}")
+    return report
+
+
+def execute_in_place(path: Path, timeout: int = OUTPUTS_TIMEOUT_S) -> None:
+    """Re-execute the notebook at ``path`` in its own folder and save it with its new outputs.
+
+    Raises CellExecutionError (the file is left as it was) when a cell fails.
+    """
+    nb = nbformat.read(path, as_version=4)
+    _client(nb, path.parent, timeout, allow_errors=False, kernel="python3").execute()
+    nbformat.write(nb, path)
+
+
+__all__ = ["CellCheck", "CellExecutionError", "ValidationReport", "execute_in_place", "validate_notebook"]

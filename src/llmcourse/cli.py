@@ -1,6 +1,6 @@
 """The ``llmcourse`` command: grade, release and validate exercises, refresh outputs, start JupyterLab.
 
-    llmcourse grade ASSIGNMENT PATH... [--json] [--feedback DIR]
+    llmcourse grade ASSIGNMENT PATH... [--json] [--feedback DIR] [--jobs N]
     llmcourse release ASSIGNMENT...
     llmcourse validate NOTEBOOK
     llmcourse outputs NOTEBOOK...
@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -41,7 +40,7 @@ def cmd_grade(args: argparse.Namespace) -> int:
 
     try:
         results = grade(args.assignment, [Path(p) for p in args.paths], feedback_dir=args.feedback,
-                        solutions_dir=args.solutions, progress=not args.json)
+                        solutions_dir=args.solutions, progress=not args.json, jobs=args.jobs)
     except (GradingError, FileNotFoundError, ValueError) as error:
         return _fail(str(error))
     if args.json:
@@ -117,7 +116,7 @@ def cmd_outputs(args: argparse.Namespace) -> int:
 
 
 def cmd_lab(args: argparse.Namespace) -> int:
-    """Start JupyterLab on the repository, offline, with nbgrader's extensions."""
+    """Start JupyterLab on the repository, offline, with nbgrader's extensions (replaces this process)."""
     from .grading import REPO_ROOT
 
     command = [
@@ -125,12 +124,15 @@ def cmd_lab(args: argparse.Namespace) -> int:
         f"--ServerApp.root_dir={REPO_ROOT}",
         "--LabApp.news_url=None",
         "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+        "--LabApp.extension_manager=readonly",  # the default one queries PyPI
     ]
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         command.append("--allow-root")
     command += args.extra
-    # Run from the repository so that nbgrader finds nbgrader_config.py.
-    return subprocess.call(command, cwd=REPO_ROOT)
+    # From the repository, so that nbgrader's extensions read nbgrader_config.py.
+    os.chdir(REPO_ROOT)
+    os.execv(sys.executable, command)
+    return 0  # not reached
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -147,6 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="a notebook, a folder of notebooks, or nbgrader's submitted/ folder")
     grade.add_argument("--json", action="store_true", help="print JSON: submission, score, max_score, error, tests")
     grade.add_argument("--feedback", type=Path, metavar="DIR", help="write one HTML feedback page per submission")
+    grade.add_argument("--jobs", "-j", type=int, default=1, metavar="N",
+                       help="grade N submissions at a time, each process in its own course (default 1)")
     grade.add_argument("--solutions", type=Path, default=SOLUTIONS_DIR, help=argparse.SUPPRESS)
     grade.set_defaults(run=cmd_grade)
 
@@ -164,15 +168,19 @@ def build_parser() -> argparse.ArgumentParser:
     outputs.add_argument("notebooks", nargs="+", metavar="NOTEBOOK")
     outputs.set_defaults(run=cmd_outputs)
 
-    lab = commands.add_parser("lab", help="start JupyterLab on the repository (offline, with nbgrader)")
-    lab.add_argument("extra", nargs=argparse.REMAINDER, help="more options for jupyter lab")
+    lab = commands.add_parser("lab", help="start JupyterLab on the repository (offline, with nbgrader)",
+                              description="Other options (e.g. --port=8890) are passed on to JupyterLab.")
     lab.set_defaults(run=cmd_lab)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``llmcourse`` command line and return its exit status."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command != "lab":
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.extra = extra
     return int(args.run(args))
 
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import re
 import shutil
 import time
 import warnings
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,8 +19,8 @@ from nbgrader.api import Gradebook, MissingEntry
 from sqlalchemy.exc import SAWarning
 from tqdm import tqdm
 
-from .course import GradingCourse, GradingError, last_error_line
-from .notebooks import SubmissionError, check_assignment, load_notebook, restore_missing_cells
+from .course import GradingCourse, GradingError, last_error_line, source_folder
+from .notebooks import SubmissionError, check_assignment, graded_cells, load_notebook, restore_missing_cells
 from .settings import SOLUTIONS_DIR
 
 
@@ -198,20 +201,62 @@ def _write_feedback(course: GradingCourse, submission: Submission, feedback_dir:
     return written
 
 
+def _grade_safely(course: GradingCourse, submission: Submission, feedback_dir: Path | None) -> GradeResult:
+    try:
+        return grade_submission(course, submission, feedback_dir)
+    except Exception as error:  # the grader must report, not crash, whatever a submission does
+        return GradeResult(submission=submission.label, score=0.0, max_score=course.max_score,
+                           error=f"grader error: {type(error).__name__}: {error}")
+
+
+_WORKER_COURSE: GradingCourse | None = None
+
+
+def _start_worker(assignment: str, solutions_dir: Path) -> None:
+    # Each worker process grades in a course (and gradebook) of its own; the temporary folder
+    # is removed when the process exits.
+    global _WORKER_COURSE
+    _WORKER_COURSE = GradingCourse(assignment, solutions_dir).__enter__()
+
+
+def _grade_in_worker(submission: Submission, feedback_dir: Path | None) -> GradeResult:
+    assert _WORKER_COURSE is not None, "worker not initialised"
+    return _grade_safely(_WORKER_COURSE, submission, feedback_dir)
+
+
 def grade(assignment: str, paths: Sequence[Path], feedback_dir: Path | None = None,
-          solutions_dir: Path = SOLUTIONS_DIR, progress: bool = True) -> list[GradeResult]:
-    """Grade every submission found in ``paths`` against ``solutions_dir/<assignment>``, in one course."""
-    with GradingCourse(assignment, solutions_dir) as course:
-        submissions = find_submissions(paths, assignment, list(course.release_notebooks))
-        results = []
-        bar = tqdm(submissions, desc=f"grading {assignment}", unit="submission",
-                   disable=not progress or len(submissions) < 2)
-        for submission in bar:
-            try:
-                results.append(grade_submission(course, submission, feedback_dir))
-            except GradingError:
-                raise
-            except Exception as error:  # the grader must report, not crash, whatever a submission does
-                results.append(GradeResult(submission=submission.label, score=0.0, max_score=course.max_score,
-                                           error=f"grader error: {type(error).__name__}: {error}"))
-        return results
+          solutions_dir: Path = SOLUTIONS_DIR, progress: bool = True, jobs: int = 1) -> list[GradeResult]:
+    """Grade every submission found in ``paths`` against ``solutions_dir/<assignment>``.
+
+    With ``jobs`` > 1, that many processes grade in parallel, each in its own course.
+    Results come in the order the submissions were found.
+    """
+    sources = sorted(source_folder(assignment, solutions_dir).glob("*.ipynb"))
+    max_score = sum(points for path in sources for _, points in graded_cells(nbformat.read(path, as_version=4)))
+    submissions = find_submissions(paths, assignment, [path.stem for path in sources])
+    todo = [i for i, submission in enumerate(submissions) if submission.error is None]
+    results: dict[int, GradeResult] = {}
+    bar = tqdm(total=len(todo), desc=f"grading {assignment}", unit="submission",
+               disable=not progress or len(todo) < 2)
+    workers = max(1, min(jobs, len(todo)))
+    if todo and workers == 1:
+        with GradingCourse(assignment, solutions_dir) as course:
+            for i in todo:
+                results[i] = _grade_safely(course, submissions[i], feedback_dir)
+                bar.update()
+    elif todo:
+        context = multiprocessing.get_context("spawn")
+        try:
+            with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker,
+                                     initargs=(assignment, solutions_dir)) as pool:
+                futures = {pool.submit(_grade_in_worker, submissions[i], feedback_dir): i for i in todo}
+                for future in as_completed(futures):
+                    results[futures[future]] = future.result()
+                    bar.update()
+        except BrokenProcessPool as error:
+            raise GradingError(f"a grading worker died ({error}); run again with jobs=1 to see why") from None
+    bar.close()
+    for i, submission in enumerate(submissions):
+        if i not in results:
+            results[i] = GradeResult(submission=submission.label, score=0.0, max_score=max_score, error=submission.error)
+    return [results[i] for i in range(len(submissions))]

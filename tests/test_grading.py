@@ -1,0 +1,345 @@
+"""Grading ex02_attention end to end: nbgrader's autograde on real, buggy, hostile and broken submissions.
+
+Most submissions are graded together in one `grade` call over one folder (one course, one
+gradebook); the command line is exercised once more through a subprocess with --json.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbformat import NotebookNode
+
+from llmcourse import cli
+from llmcourse.grading import EXERCISES_DIR, REPO_ROOT, SOLUTIONS_DIR, GradeResult, grade
+from llmcourse.grading.notebooks import nbgrader_meta
+
+ASSIGNMENT = "ex02_attention"
+SOLUTION = SOLUTIONS_DIR / ASSIGNMENT / f"{ASSIGNMENT}.ipynb"
+RELEASE = EXERCISES_DIR / ASSIGNMENT / f"{ASSIGNMENT}.ipynb"
+TESTS = ["test_sdpa_shapes", "test_sdpa_values", "test_sdpa_masks", "test_causal_mask",
+         "test_mha_structure", "test_mha_values", "test_mha_masks"]
+POINTS = {"test_sdpa_shapes": 1, "test_sdpa_values": 2, "test_sdpa_masks": 2, "test_causal_mask": 2,
+          "test_mha_structure": 1, "test_mha_values": 2, "test_mha_masks": 2}
+MAX_SCORE = 12.0
+
+
+# --- building submissions ----------------------------------------------------------------------
+
+def answers() -> dict[str, str]:
+    """The solution cells of the instructor's notebook, as a learner would write them (no markers)."""
+    nb = nbformat.read(SOLUTION, as_version=4)
+    return {
+        nbgrader_meta(cell)["grade_id"]: "\n".join(
+            line for line in cell.source.splitlines() if "### BEGIN SOLUTION" not in line and "### END SOLUTION" not in line
+        )
+        for cell in nb.cells if nbgrader_meta(cell).get("solution")
+    }
+
+
+def edited(text: str, old: str, new: str) -> str:
+    assert old in text, f"the solution no longer contains {old!r}: update this test"
+    return text.replace(old, new)
+
+
+def submission(changes: dict[str, str] | None = None, edit: Callable[[NotebookNode], None] | None = None) -> NotebookNode:
+    """The released notebook with the solution cells filled in, ``changes`` applied, then ``edit``."""
+    nb = nbformat.read(RELEASE, as_version=4)
+    filled = {**answers(), **(changes or {})}
+    for cell in nb.cells:
+        if nbgrader_meta(cell).get("solution"):
+            cell.source = filled[nbgrader_meta(cell)["grade_id"]]
+    if edit is not None:
+        edit(nb)
+    return nb
+
+
+A = answers()
+BUGS = {  # variant -> (solution cells changed, the test cells it must fail; every other one must pass)
+    "no_scale": ({"sdpa_solution": edited(A["sdpa_solution"], " / math.sqrt(d_k)", "")},
+                 {"test_sdpa_values", "test_sdpa_masks"}),
+    "inverted_mask": ({"sdpa_solution": edited(A["sdpa_solution"], "masked_fill(~mask", "masked_fill(mask")},
+                      {"test_sdpa_masks"}),
+    "softmax_over_queries": ({"sdpa_solution": edited(A["sdpa_solution"], "dim=-1", "dim=-2")},
+                             {"test_sdpa_shapes", "test_sdpa_values", "test_sdpa_masks"}),
+    "upper_causal": ({"causal_solution": edited(A["causal_solution"], ".tril()", ".triu()")},
+                     {"test_causal_mask"}),
+    "bare_reshape": ({"mha_solution": edited(
+        edited(A["mha_solution"], "t.view(B, T, self.n_heads, self.d_head).transpose(1, 2)",
+               "t.view(B, self.n_heads, T, self.d_head)"),
+        "heads.transpose(1, 2).reshape(B, T, d_model)", "heads.reshape(B, T, d_model)")},
+        {"test_mha_values", "test_mha_masks"}),
+    "no_w_o": ({"mha_solution": edited(A["mha_solution"], "return self.w_o(joined)", "return joined")},
+               {"test_mha_values", "test_mha_masks"}),
+}
+
+# Correct, but written differently: einsum, a softmax by hand, a stderr debug print, a mask
+# from comparisons, and a loop over heads on slices of the projections.
+ALTERNATIVE = {
+    "sdpa_solution": '''
+import sys
+
+def scaled_dot_product_attention(q, k, v, mask=None):
+    scores = torch.einsum("...id,...jd->...ij", q, k) * q.shape[-1] ** -0.5
+    if mask is not None:
+        scores = torch.where(mask, scores, torch.full_like(scores, -torch.inf))
+    e = (scores - scores.amax(dim=-1, keepdim=True)).exp()
+    weights = e / e.sum(dim=-1, keepdim=True)
+    print("debug: attention over", tuple(scores.shape), file=sys.stderr)
+    return torch.einsum("...ij,...jd->...id", weights, v), weights
+''',
+    "causal_solution": '''
+def causal_mask(T):
+    position = torch.arange(T)
+    return position[:, None] >= position[None, :]
+''',
+    "mha_solution": '''
+class MultiHeadAttention(nn.Module):
+    def __init__(self, d_model, n_heads):
+        super().__init__()
+        self.heads = n_heads
+        self.w_q, self.w_k = nn.Linear(d_model, d_model), nn.Linear(d_model, d_model)
+        self.w_v, self.w_o = nn.Linear(d_model, d_model), nn.Linear(d_model, d_model)
+
+    def forward(self, x, mask=None):
+        B, T, D = x.shape
+        size = D // self.heads
+        q, k, v = self.w_q(x), self.w_k(x), self.w_v(x)
+        outputs = []
+        for h in range(self.heads):
+            part = slice(h * size, (h + 1) * size)
+            m = None if mask is None else torch.broadcast_to(mask, (B, self.heads, T, T))[:, h]
+            o, _ = scaled_dot_product_attention(q[..., part], k[..., part], v[..., part], m)
+            outputs.append(o)
+        return self.w_o(torch.cat(outputs, dim=-1))
+''',
+}
+
+# Wrong (no 1/sqrt(d_k), no w_o) and patching everything a naive test would compare with.
+CHEAT = {
+    "sdpa_solution": BUGS["no_scale"][0]["sdpa_solution"] + '''
+
+import builtins
+import numpy
+_wrong = scaled_dot_product_attention
+_tolist = torch.Tensor.tolist
+torch.allclose = lambda *args, **kwargs: True
+torch.testing.assert_close = lambda *args, **kwargs: None
+numpy.allclose = lambda *args, **kwargs: True
+numpy.testing.assert_allclose = lambda *args, **kwargs: None
+math.isclose = lambda *args, **kwargs: True
+F.scaled_dot_product_attention = lambda q, k, v, attn_mask=None, *args, **kwargs: _wrong(q, k, v, attn_mask)[0]
+torch.Tensor.tolist = lambda self: _tolist(torch.zeros_like(self))
+builtins.abs = lambda x: 0.0
+builtins.all = lambda iterable: True
+''',
+    "mha_solution": BUGS["no_w_o"][0]["mha_solution"],
+}
+CHEAT_FAILS = {"test_sdpa_values", "test_sdpa_masks", "test_mha_values", "test_mha_masks"}
+
+
+def tamper_with_tests(nb: NotebookNode) -> None:
+    for cell in nb.cells:
+        if nbgrader_meta(cell).get("grade"):
+            cell.source = "pass"
+            cell.metadata["nbgrader"]["points"] = 100
+
+
+def delete_tests(nb: NotebookNode) -> None:
+    nb.cells = [cell for cell in nb.cells if not nbgrader_meta(cell).get("grade")]
+
+
+def other_assignment() -> NotebookNode:
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [
+        nbformat.v4.new_code_cell("def perplexity(probabilities):\n    ...", metadata={"nbgrader": {
+            "grade": False, "grade_id": "ngram_perplexity_solution", "locked": False, "schema_version": 3,
+            "solution": True, "task": False}}),
+        nbformat.v4.new_code_cell("assert perplexity([1.0]) == 1.0", metadata={"nbgrader": {
+            "grade": True, "grade_id": "test_ngram_perplexity", "locked": True, "points": 2, "schema_version": 3,
+            "solution": False, "task": False}}),
+    ]
+    return nb
+
+
+BROKEN = {  # file name -> (bytes, a phrase the error must contain)
+    "truncated.ipynb": (lambda: nbformat.writes(submission()).encode()[:5000], "invalid JSON"),
+    "empty.ipynb": (lambda: b"", "empty file"),
+    "not_a_notebook.ipynb": (lambda: json.dumps({"name": "ex02", "answer": 42}).encode(), "not a Jupyter notebook"),
+    "binary.ipynb": (lambda: bytes(range(256)), "not UTF-8"),
+    "plain_notebook.ipynb": (lambda: nbformat.writes(nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell("print('hello')")])).encode(), "no nbgrader cells"),
+    "other_assignment.ipynb": (lambda: nbformat.writes(other_assignment()).encode(), "wrong assignment"),
+}
+
+
+@pytest.fixture(scope="module")
+def graded(tmp_path_factory: pytest.TempPathFactory) -> dict[str, GradeResult]:
+    """Grade every submission in one call; results by name (file stem, or student folder)."""
+    folder = tmp_path_factory.mktemp("submissions")
+    notebooks: dict[str, NotebookNode] = {
+        "solution": nbformat.read(SOLUTION, as_version=4),
+        "unfilled": nbformat.read(RELEASE, as_version=4),
+        "cheat": submission(CHEAT),
+        "tampered_no_scale": submission(BUGS["no_scale"][0], tamper_with_tests),
+        "deleted_correct": submission(None, delete_tests),
+        "deleted_no_scale": submission(BUGS["no_scale"][0], delete_tests),
+        **{name: submission(changes) for name, (changes, _) in BUGS.items()},
+    }
+    for name, nb in notebooks.items():
+        nbformat.write(nb, folder / f"{name}.ipynb")
+    # The alternative sits in nbgrader's own layout: <student>/<assignment>/<notebook>.ipynb.
+    (folder / "alternative" / ASSIGNMENT).mkdir(parents=True)
+    nbformat.write(submission(ALTERNATIVE), folder / "alternative" / ASSIGNMENT / f"{ASSIGNMENT}.ipynb")
+    for name, (content, _) in BROKEN.items():
+        (folder / name).write_bytes(content())
+    essay = tmp_path_factory.mktemp("loose") / "essay.txt"
+    essay.write_text("Attention is a weighted average.\n")
+
+    results = grade(ASSIGNMENT, [folder, essay], progress=False, jobs=2)
+    by_name = {}
+    for result in results:
+        path = Path(result.submission)
+        by_name[path.parent.name if path.name == ASSIGNMENT else path.stem] = result
+    return by_name
+
+
+def failed(result: GradeResult) -> set[str]:
+    return {test.name for test in result.tests if not test.passed}
+
+
+def check_scores(result: GradeResult, failing: set[str]) -> None:
+    assert result.error is None, result.error
+    assert [test.name for test in result.tests] == TESTS
+    assert failed(result) == failing
+    for test in result.tests:
+        assert test.max_score == POINTS[test.name]
+        assert test.score == (0 if test.name in failing else POINTS[test.name])
+    assert result.score == MAX_SCORE - sum(POINTS[name] for name in failing)
+    assert result.max_score == MAX_SCORE
+
+
+# --- the tests ------------------------------------------------------------------------------
+
+def test_solution_gets_full_marks(graded: dict[str, GradeResult]) -> None:
+    check_scores(graded["solution"], set())
+
+
+def test_unfilled_release_gets_zero_without_error(graded: dict[str, GradeResult]) -> None:
+    result = graded["unfilled"]
+    assert result.error is None
+    assert result.score == 0 and result.max_score == MAX_SCORE
+    assert failed(result) == set(TESTS)
+
+
+@pytest.mark.parametrize("variant", sorted(BUGS))
+def test_each_bug_loses_its_part_and_keeps_the_others(graded: dict[str, GradeResult], variant: str) -> None:
+    check_scores(graded[variant], BUGS[variant][1])
+
+
+def test_correct_alternative_gets_full_marks(graded: dict[str, GradeResult]) -> None:
+    # Written with einsum, a hand-made softmax, a head loop, and printing to stderr.
+    check_scores(graded["alternative"], set())
+
+
+def test_monkeypatching_does_not_earn_marks(graded: dict[str, GradeResult]) -> None:
+    # Its causal mask is right and still passes, although Tensor.tolist returns zeros.
+    check_scores(graded["cheat"], CHEAT_FAILS)
+
+
+def test_edited_test_cells_are_restored(graded: dict[str, GradeResult]) -> None:
+    # Tests replaced by `pass` and points raised to 100: the original tests and points apply.
+    check_scores(graded["tampered_no_scale"], BUGS["no_scale"][1])
+
+
+def test_deleted_test_cells_are_restored(graded: dict[str, GradeResult]) -> None:
+    check_scores(graded["deleted_correct"], set())
+    check_scores(graded["deleted_no_scale"], BUGS["no_scale"][1])
+    assert graded["deleted_correct"].restored_cells == TESTS
+
+
+@pytest.mark.parametrize("name", sorted(BROKEN))
+def test_broken_file_reports_a_clear_error(graded: dict[str, GradeResult], name: str) -> None:
+    result = graded[Path(name).stem]
+    assert result.error and BROKEN[name][1] in result.error
+    assert result.score == 0 and result.max_score == MAX_SCORE and result.tests == []
+
+
+def test_file_that_is_not_a_notebook_reports_an_error(graded: dict[str, GradeResult]) -> None:
+    result = graded["essay"]
+    assert result.error and "not a notebook file" in result.error and result.score == 0
+
+
+def test_grading_is_fast_enough(graded: dict[str, GradeResult]) -> None:
+    seconds = {name: result.seconds for name, result in graded.items() if not result.error}
+    print("\nautograde seconds per submission: "
+          + ", ".join(f"{name} {s:.1f}" for name, s in sorted(seconds.items()))
+          + f"; mean {sum(seconds.values()) / len(seconds):.1f}")
+    assert len(seconds) == 13
+    assert max(seconds.values()) < 60, "grading one submission on CPU must take under a minute"
+
+
+def test_command_line_json_and_feedback(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.ipynb"
+    broken.write_text('{"cells": [')
+    feedback = tmp_path / "feedback"
+    done = subprocess.run(
+        [sys.executable, "-m", "llmcourse.cli", "grade", ASSIGNMENT, str(SOLUTION), str(broken),
+         "--json", "--feedback", str(feedback)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    rows = json.loads(done.stdout)
+    assert [set(row) for row in rows] == [{"submission", "score", "max_score", "error", "tests"}] * 2
+    solution, bad = rows
+    assert solution["submission"] == str(SOLUTION)
+    assert (solution["score"], solution["max_score"], solution["error"]) == (MAX_SCORE, MAX_SCORE, None)
+    assert [t["name"] for t in solution["tests"]] == TESTS
+    assert all(t["passed"] and t["score"] == t["max_score"] == POINTS[t["name"]] for t in solution["tests"])
+    assert bad["score"] == 0 and "invalid JSON" in bad["error"] and bad["tests"] == []
+    pages = sorted(feedback.glob("*.html"))
+    assert [page.name for page in pages] == [f"{ASSIGNMENT}.html"]
+    assert "test_sdpa_values" in pages[0].read_text()
+
+
+def test_command_line_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["grade", "ex99_nothing", str(SOLUTION)]) == 2
+    assert "no assignment 'ex99_nothing'" in capsys.readouterr().err
+    assert cli.main(["grade", ASSIGNMENT, str(tmp_path / "missing.ipynb")]) == 2
+    assert "no such file or folder" in capsys.readouterr().err
+    assert cli.main(["grade", ASSIGNMENT, str(tmp_path)]) == 2  # an empty folder
+    assert "nothing to grade" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as usage:
+        cli.main(["grade", ASSIGNMENT])
+    assert usage.value.code == 2
+
+
+def test_validate_reports_failing_tests(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    nb = submission(BUGS["upper_causal"][0])
+    path = tmp_path / f"{ASSIGNMENT}.ipynb"
+    nbformat.write(nb, path)
+    assert cli.main(["validate", str(path)]) == 1
+    out = capsys.readouterr().out
+    assert "6/7 test cells pass (10/12 points)" in out
+    assert "FAIL test_causal_mask" in out
+
+
+def test_cli_module_runs_as_a_script() -> None:
+    done = subprocess.run([sys.executable, "-m", "llmcourse.cli", "--help"], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "grade" in done.stdout and "release" in done.stdout
+
+
+def test_grading_kernel_runs_this_interpreter(tmp_path: Path) -> None:
+    from llmcourse.grading.settings import GRADER_KERNEL, write_kernelspec
+
+    spec = json.loads((write_kernelspec(tmp_path) / "kernel.json").read_text())
+    assert tmp_path / GRADER_KERNEL == write_kernelspec(tmp_path)
+    assert spec["argv"][:3] == [sys.executable, "-m", "ipykernel_launcher"]
+    assert "{connection_file}" in spec["argv"]

@@ -121,8 +121,10 @@ class NGramModel:
         """P(token | context); the context is padded with ``<s>`` or cut to its last ``n - 1`` tokens."""
         if token == BOS:
             raise ValueError("<s> is never predicted; it only pads contexts")
-        token = self.known([token])[0]
-        history = self._history(context)
+        return self._prob(self.known([token])[0], self._history(context))
+
+    def _prob(self, token: str, history: Context) -> float:
+        # token and history already mapped to the vocabulary; history has n - 1 tokens.
         if self.smoothing == "add-k":
             return self._add_k(token, history)
         return self._kneser_ney(token, history, self.n)
@@ -171,7 +173,7 @@ class NGramModel:
         padded = [BOS] * (self.n - 1) + self.known(sentence) + [EOS]
         total = 0.0
         for i in range(self.n - 1, len(padded)):
-            p = self.prob(padded[i], padded[max(0, i - self.n + 1) : i])
+            p = self._prob(padded[i], tuple(padded[i - self.n + 1 : i]))
             if p == 0.0:
                 return -math.inf
             total += math.log(p)

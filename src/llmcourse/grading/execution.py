@@ -42,7 +42,8 @@ class ValidationReport:
         total = sum(t.points for t in self.tests)
         ok = sum(t.error is None for t in self.tests)
         lines = [f"{self.notebook}: {ok}/{len(self.tests)} test cells pass ({earned:g}/{total:g} points)"]
-        lines += [f"  FAIL {t.name} ({t.points:g} points): {t.error}" for t in self.tests if t.error]
+        lines += [f"  FAIL {t.name} ({t.points:g} point{'' if t.points == 1 else 's'}): {t.error}"
+                  for t in self.tests if t.error]
         lines += [f"  error in another cell: {message}" for message in self.other_errors]
         if not self.tests:
             lines.append("  no test cells found: is this an exercise notebook from exercises/?")
@@ -58,8 +59,10 @@ def _error_text(cell: NotebookNode) -> str | None:
 
 
 def _client(nb: NotebookNode, folder: Path, timeout: int, allow_errors: bool, kernel: str) -> NotebookClient:
+    # Quiet ipykernel's own warnings (one about TCP without encryption per run); cell output is unaffected.
     return NotebookClient(nb, timeout=timeout, kernel_name=kernel, allow_errors=allow_errors,
-                          record_timing=False, resources={"metadata": {"path": str(folder)}})
+                          record_timing=False, resources={"metadata": {"path": str(folder)}},
+                          extra_arguments=["--IPKernelApp.log_level=ERROR"])
 
 
 def validate_notebook(path: Path, timeout: int = CELL_TIMEOUT_S) -> ValidationReport:
@@ -82,7 +85,7 @@ def validate_notebook(path: Path, timeout: int = CELL_TIMEOUT_S) -> ValidationRe
         if meta.get("grade") and not meta.get("solution"):
             report.tests.append(CellCheck(str(meta.get("grade_id", f"cell {index}")), float(meta.get("points", 0)), error))
         elif error:
-            report.other_errors.append(f"cell {index} ({meta.get('grade_id', 'code')}): {error}")
+            report.other_errors.append(f"cell {index + 1} ({cell.get('id') or 'no id'}): {error}")
     return report
 
 

@@ -17,7 +17,7 @@ import pytest
 from nbformat import NotebookNode
 
 from llmcourse import cli
-from llmcourse.grading import EXERCISES_DIR, REPO_ROOT, SOLUTIONS_DIR, GradeResult, grade
+from llmcourse.grading import EXERCISES_DIR, REPO_ROOT, SOLUTIONS_DIR, GradeResult, find_submissions, grade
 from llmcourse.grading.notebooks import nbgrader_meta
 
 ASSIGNMENT = "ex02_attention"
@@ -190,6 +190,7 @@ def graded(tmp_path_factory: pytest.TempPathFactory) -> dict[str, GradeResult]:
         "tampered_no_scale": submission(BUGS["no_scale"][0], tamper_with_tests),
         "deleted_correct": submission(None, delete_tests),
         "deleted_no_scale": submission(BUGS["no_scale"][0], delete_tests),
+        "kills_kernel": submission({"causal_solution": A["causal_solution"] + "\n\nimport os\nos._exit(3)\n"}),
         **{name: submission(changes) for name, (changes, _) in BUGS.items()},
     }
     for name, nb in notebooks.items():
@@ -271,6 +272,11 @@ def test_broken_file_reports_a_clear_error(graded: dict[str, GradeResult], name:
     assert result.score == 0 and result.max_score == MAX_SCORE and result.tests == []
 
 
+def test_submission_that_kills_the_kernel_reports_an_error(graded: dict[str, GradeResult]) -> None:
+    result = graded["kills_kernel"]
+    assert result.score == 0 and result.error and "Kernel died" in result.error
+
+
 def test_file_that_is_not_a_notebook_reports_an_error(graded: dict[str, GradeResult]) -> None:
     result = graded["essay"]
     assert result.error and "not a notebook file" in result.error and result.score == 0
@@ -343,3 +349,25 @@ def test_grading_kernel_runs_this_interpreter(tmp_path: Path) -> None:
     assert tmp_path / GRADER_KERNEL == write_kernelspec(tmp_path)
     assert spec["argv"][:3] == [sys.executable, "-m", "ipykernel_launcher"]
     assert "{connection_file}" in spec["argv"]
+
+
+def test_find_submissions_in_every_layout(tmp_path: Path) -> None:
+    for student in ["alice", "bob+1"]:
+        (tmp_path / "submitted" / student / ASSIGNMENT).mkdir(parents=True)
+        (tmp_path / "submitted" / student / ASSIGNMENT / f"{ASSIGNMENT}.ipynb").write_text("{}")
+    (tmp_path / "submitted" / "carol" / ASSIGNMENT).mkdir(parents=True)  # empty
+    (tmp_path / "loose").mkdir()
+    for name in ["alice.ipynb", ".~alice.ipynb", "notes.md"]:
+        (tmp_path / "loose" / name).write_text("{}")
+    (tmp_path / "essay.txt").write_text("text")
+
+    found = find_submissions([tmp_path / "submitted", tmp_path / "submitted" / "alice", tmp_path / "loose",
+                              tmp_path / "essay.txt"], ASSIGNMENT, [ASSIGNMENT])
+    assert [(s.student_id, s.error is None) for s in found] == [
+        ("alice", True), ("bob_1", True), ("carol", False), ("alice-2", True), ("alice-3", True), ("essay", False)]
+    assert found[0].notebooks == {ASSIGNMENT: tmp_path / "submitted" / "alice" / ASSIGNMENT / f"{ASSIGNMENT}.ipynb"}
+    assert found[3].label == str(tmp_path / "submitted" / "alice" / ASSIGNMENT)
+    assert found[4].notebooks == {ASSIGNMENT: tmp_path / "loose" / "alice.ipynb"}
+    assert "no .ipynb file" in (found[2].error or "") and "not a notebook file" in (found[5].error or "")
+    with pytest.raises(FileNotFoundError):
+        find_submissions([tmp_path / "nowhere"], ASSIGNMENT, [ASSIGNMENT])

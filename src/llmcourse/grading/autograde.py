@@ -108,14 +108,19 @@ def find_submissions(paths: Iterable[Path], assignment: str, notebook_names: Seq
         if not path.is_dir():
             raise FileNotFoundError(f"no such file or folder: {path}")
         before = len(found)
-        for student_dir in sorted(p for p in path.iterdir() if (p / assignment).is_dir()):
+        # submitted/ holds student folders; submitted/<student> holds the assignment's folder.
+        if (path / assignment).is_dir():
+            student_dirs = [path]
+        else:
+            student_dirs = sorted(p for p in path.iterdir() if (p / assignment).is_dir())
+        for student_dir in student_dirs:
             folder = student_dir / assignment
-            notebooks = {p.stem: p for p in sorted(folder.glob("*.ipynb"))}
+            notebooks = {p.stem: p for p in sorted(folder.glob("*.ipynb")) if not p.name.startswith(".")}
             submission = Submission(label=str(folder), student_id=_safe_id(student_dir.name, taken), notebooks=notebooks)
             if not notebooks:
                 submission.error = f"no .ipynb file in {folder}"
             found.append(submission)
-        found.extend(loose(p) for p in sorted(path.glob("*.ipynb")) if p.is_file())
+        found.extend(loose(p) for p in sorted(path.glob("*.ipynb")) if p.is_file() and not p.name.startswith("."))
         if len(found) == before:
             raise ValueError(f"nothing to grade in {path}: expected .ipynb files or <student>/{assignment}/ folders")
     return found
@@ -134,6 +139,13 @@ def _read_scores(course: GradingCourse, student_id: str) -> tuple[float, list[Te
                 tests.append(TestResult(name=grade.name, score=earned, max_score=top, passed=top > 0 and earned >= top))
     tests.sort(key=lambda test: order.get(test.name, len(order)))
     return score, tests
+
+
+FAILURE_HINTS = {  # what nbgrader's own words mean for the instructor
+    "DeadKernelError": " (the submission's code stopped or crashed the Python kernel)",
+    "IOPub": " (the submission's code broke the kernel's output channel)",
+    "UnresponsiveKernel": " (the kernel stopped answering, e.g. an endless loop that ignores interrupts)",
+}
 
 
 def grade_submission(course: GradingCourse, submission: Submission, feedback_dir: Path | None = None) -> GradeResult:
@@ -170,7 +182,9 @@ def grade_submission(course: GradingCourse, submission: Submission, feedback_dir
         warnings.simplefilter("ignore", SAWarning)
         outcome = course.api.autograde(course.assignment, submission.student_id, force=True, create=True)
     if not outcome["success"]:
-        result.error = "autograde failed: " + last_error_line(outcome.get("log", "") + "\n" + outcome.get("error", ""))
+        cause = last_error_line(outcome.get("log", "") + "\n" + outcome.get("error", ""))
+        hint = next((text for key, text in FAILURE_HINTS.items() if key in cause), "")
+        result.error = f"autograde failed: {cause}{hint}"
     else:
         try:
             result.score, result.tests = _read_scores(course, submission.student_id)

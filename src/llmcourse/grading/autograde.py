@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import multiprocessing
 import re
 import shutil
@@ -203,6 +204,8 @@ def _write_feedback(course: GradingCourse, submission: Submission, feedback_dir:
     assert course.api is not None
     outcome = course.api.generate_feedback(course.assignment, submission.student_id, force=True)
     if not outcome["success"]:
+        cause = last_error_line(outcome.get("log", "") + "\n" + outcome.get("error", ""))
+        warnings.warn(f"no feedback page for {submission.label}: {cause}", stacklevel=2)
         return []
     feedback_dir.mkdir(parents=True, exist_ok=True)
     written = []
@@ -231,6 +234,7 @@ def _start_worker(assignment: str, solutions_dir: Path) -> None:
     # is removed when the process exits.
     global _WORKER_COURSE
     _WORKER_COURSE = GradingCourse(assignment, solutions_dir).__enter__()
+    atexit.register(_WORKER_COURSE.__exit__, None, None, None)
 
 
 def _grade_in_worker(submission: Submission, feedback_dir: Path | None) -> GradeResult:

@@ -59,7 +59,7 @@ def last_error_line(log: str) -> str:
     for i in range(len(lines) - 1, -1, -1):
         line = lines[i]
         if exception.match(line) and "NbGraderException" not in line:
-            detail = next((l for l in lines[i + 1:i + 3] if l.startswith("The message was:")), "")
+            detail = next((text for text in lines[i + 1:i + 3] if text.startswith("The message was:")), "")
             return f"{line} {detail.removeprefix('The message was:').strip()}".strip()
     errors = [line for line in lines if line.startswith("[ERROR]") and "above traceback" not in line]
     return errors[-1].removeprefix("[ERROR]").strip() if errors else (lines[-1] if lines else "no log")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import uuid
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -44,8 +45,10 @@ def load_notebook(path: Path) -> NotebookNode:
     if not isinstance(data, dict) or "cells" not in data or "nbformat" not in data:
         raise SubmissionError("not a Jupyter notebook: the JSON has no 'cells' and 'nbformat' fields")
     try:
-        nb = nbformat.reads(text, as_version=4)
-        nbformat.validate(nb)
+        with warnings.catch_warnings():  # nbformat repairs missing or duplicate cell ids, with a warning
+            warnings.simplefilter("ignore")
+            nb = nbformat.reads(text, as_version=4)
+            nbformat.validate(nb)
     except Exception as error:  # nbformat raises several types for malformed notebooks
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise SubmissionError(f"not a valid Jupyter notebook: {first_line}") from None

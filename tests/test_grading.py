@@ -191,6 +191,9 @@ def graded(tmp_path_factory: pytest.TempPathFactory) -> dict[str, GradeResult]:
         "deleted_correct": submission(None, delete_tests),
         "deleted_no_scale": submission(BUGS["no_scale"][0], delete_tests),
         "kills_kernel": submission({"causal_solution": A["causal_solution"] + "\n\nimport os\nos._exit(3)\n"}),
+        # Right for small T, endless for the hidden tests' T = 16: interrupted after the cell timeout.
+        "endless_loop": submission({"causal_solution": edited(
+            A["causal_solution"], "    return torch.ones", "    while T > 8:\n        pass\n    return torch.ones")}),
         **{name: submission(changes) for name, (changes, _) in BUGS.items()},
     }
     for name, nb in notebooks.items():
@@ -203,7 +206,8 @@ def graded(tmp_path_factory: pytest.TempPathFactory) -> dict[str, GradeResult]:
     essay = tmp_path_factory.mktemp("loose") / "essay.txt"
     essay.write_text("Attention is a weighted average.\n")
 
-    results = grade(ASSIGNMENT, [folder, essay], progress=False, jobs=2)
+    # A 20 s cell limit (60 s in use) keeps the endless loop short; real cells take about 1 s.
+    results = grade(ASSIGNMENT, [folder, essay], progress=False, jobs=2, cell_timeout=20)
     by_name = {}
     for result in results:
         path = Path(result.submission)
@@ -277,13 +281,19 @@ def test_submission_that_kills_the_kernel_reports_an_error(graded: dict[str, Gra
     assert result.score == 0 and result.error and "Kernel died" in result.error
 
 
+def test_endless_loop_is_interrupted_and_the_rest_graded(graded: dict[str, GradeResult]) -> None:
+    check_scores(graded["endless_loop"], {"test_causal_mask"})
+    assert 20 < graded["endless_loop"].seconds < 60
+
+
 def test_file_that_is_not_a_notebook_reports_an_error(graded: dict[str, GradeResult]) -> None:
     result = graded["essay"]
     assert result.error and "not a notebook file" in result.error and result.score == 0
 
 
 def test_grading_is_fast_enough(graded: dict[str, GradeResult]) -> None:
-    seconds = {name: result.seconds for name, result in graded.items() if not result.error}
+    seconds = {name: result.seconds for name, result in graded.items()
+               if not result.error and name != "endless_loop"}
     print("\nautograde seconds per submission: "
           + ", ".join(f"{name} {s:.1f}" for name, s in sorted(seconds.items()))
           + f"; mean {sum(seconds.values()) / len(seconds):.1f}")

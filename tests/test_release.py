@@ -66,16 +66,17 @@ def test_release_reveals_no_solution_or_hidden_test(assignment: str) -> None:
 
 
 @pytest.mark.parametrize("assignment", ASSIGNMENTS)
-def test_source_test_cells_have_visible_and_hidden_tests(assignment: str) -> None:
+def test_source_has_points_visible_tests_and_hidden_tests(assignment: str) -> None:
     for path in (SOLUTIONS_DIR / assignment).glob("*.ipynb"):
         nb = nbformat.read(path, as_version=4)
-        for cell in nb.cells:
+        tests = [cell for cell in nb.cells if nbgrader_meta(cell).get("grade")]
+        assert tests, f"{path} has no graded cell"
+        for cell in tests:
             meta = nbgrader_meta(cell)
-            if meta.get("grade"):
-                assert meta["points"] > 0 and meta["locked"] and not meta["solution"]
-                visible = cell.source.split("### BEGIN HIDDEN TESTS")[0]
-                assert "assert" in visible, f"{meta['grade_id']} shows learners no test"
-                assert "### END HIDDEN TESTS" in cell.source, f"{meta['grade_id']} has no hidden tests"
+            assert meta["points"] > 0 and meta["locked"] and not meta["solution"], meta["grade_id"]
+        visible = [cell.source.split("### BEGIN HIDDEN TESTS")[0] for cell in tests]
+        assert any("assert" in text for text in visible), f"{path} shows learners no test"
+        assert any("### END HIDDEN TESTS" in cell.source for cell in tests), f"{path} has no hidden tests"
 
 
 def test_answer_ids_are_unique_across_assignments() -> None:

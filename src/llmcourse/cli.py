@@ -40,7 +40,7 @@ def cmd_grade(args: argparse.Namespace) -> int:
 
     try:
         results = grade(args.assignment, [Path(p) for p in args.paths], feedback_dir=args.feedback,
-                        solutions_dir=args.solutions, progress=not args.json, jobs=args.jobs)
+                        solutions_dir=args.solutions, progress=not args.json, jobs=args.jobs, cell_timeout=args.timeout)
     except (GradingError, FileNotFoundError, ValueError) as error:
         return _fail(str(error))
     if args.json:
@@ -137,7 +137,7 @@ def cmd_lab(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of the ``llmcourse`` command."""
-    from .grading.settings import EXERCISES_DIR, SOLUTIONS_DIR
+    from .grading.settings import CELL_TIMEOUT_S, EXERCISES_DIR, SOLUTIONS_DIR
 
     parser = argparse.ArgumentParser(prog="llmcourse", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -151,6 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
     grade.add_argument("--feedback", type=Path, metavar="DIR", help="write one HTML feedback page per submission")
     grade.add_argument("--jobs", "-j", type=int, default=1, metavar="N",
                        help="grade N submissions at a time, each process in its own course (default 1)")
+    grade.add_argument("--timeout", type=int, default=CELL_TIMEOUT_S, metavar="SECONDS",
+                       help=f"interrupt a cell after this long; it then fails (default {CELL_TIMEOUT_S})")
     grade.add_argument("--solutions", type=Path, default=SOLUTIONS_DIR, help=argparse.SUPPRESS)
     grade.set_defaults(run=cmd_grade)
 

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from .course import GradingCourse, GradingError, last_error_line, source_folder
 from .notebooks import SubmissionError, check_assignment, graded_cells, load_notebook, restore_missing_cells
-from .settings import SOLUTIONS_DIR
+from .settings import CELL_TIMEOUT_S, SOLUTIONS_DIR
 
 
 @dataclass
@@ -229,11 +229,11 @@ def _grade_safely(course: GradingCourse, submission: Submission, feedback_dir: P
 _WORKER_COURSE: GradingCourse | None = None
 
 
-def _start_worker(assignment: str, solutions_dir: Path) -> None:
+def _start_worker(assignment: str, solutions_dir: Path, cell_timeout: int) -> None:
     # Each worker process grades in a course (and gradebook) of its own; the temporary folder
     # is removed when the process exits.
     global _WORKER_COURSE
-    _WORKER_COURSE = GradingCourse(assignment, solutions_dir).__enter__()
+    _WORKER_COURSE = GradingCourse(assignment, solutions_dir, cell_timeout=cell_timeout).__enter__()
     atexit.register(_WORKER_COURSE.__exit__, None, None, None)
 
 
@@ -243,10 +243,12 @@ def _grade_in_worker(submission: Submission, feedback_dir: Path | None) -> Grade
 
 
 def grade(assignment: str, paths: Sequence[Path], feedback_dir: Path | None = None,
-          solutions_dir: Path = SOLUTIONS_DIR, progress: bool = True, jobs: int = 1) -> list[GradeResult]:
+          solutions_dir: Path = SOLUTIONS_DIR, progress: bool = True, jobs: int = 1,
+          cell_timeout: int = CELL_TIMEOUT_S) -> list[GradeResult]:
     """Grade every submission found in ``paths`` against ``solutions_dir/<assignment>``.
 
-    With ``jobs`` > 1, that many processes grade in parallel, each in its own course.
+    With ``jobs`` > 1, that many processes grade in parallel, each in its own course. A cell
+    running longer than ``cell_timeout`` seconds is interrupted and counts as failed.
     Results come in the order the submissions were found.
     """
     sources = sorted(source_folder(assignment, solutions_dir).glob("*.ipynb"))
@@ -258,7 +260,7 @@ def grade(assignment: str, paths: Sequence[Path], feedback_dir: Path | None = No
                disable=not progress or len(todo) < 2)
     workers = max(1, min(jobs, len(todo)))
     if todo and workers == 1:
-        with GradingCourse(assignment, solutions_dir) as course:
+        with GradingCourse(assignment, solutions_dir, cell_timeout=cell_timeout) as course:
             for i in todo:
                 results[i] = _grade_safely(course, submissions[i], feedback_dir)
                 bar.update()
@@ -266,7 +268,7 @@ def grade(assignment: str, paths: Sequence[Path], feedback_dir: Path | None = No
         context = multiprocessing.get_context("spawn")
         try:
             with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker,
-                                     initargs=(assignment, solutions_dir)) as pool:
+                                     initargs=(assignment, solutions_dir, cell_timeout)) as pool:
                 futures = {pool.submit(_grade_in_worker, submissions[i], feedback_dir): i for i in todo}
                 for future in as_completed(futures):
                     results[futures[future]] = future.result()

@@ -15,7 +15,7 @@ from nbgrader.apps import NbGraderAPI
 from nbgrader.coursedir import CourseDirectory
 
 from .notebooks import answer_ids, graded_cells, nbgrader_meta
-from .settings import SOLUTIONS_DIR, grading_config, put_interpreter_on_path, write_kernelspec
+from .settings import CELL_TIMEOUT_S, SOLUTIONS_DIR, grading_config, put_interpreter_on_path, write_kernelspec
 
 
 class GradingError(Exception):
@@ -73,8 +73,10 @@ class GradingCourse:
     (and their hidden tests) from the instructor's version, as nbgrader intends.
     """
 
-    def __init__(self, assignment: str, solutions_dir: Path = SOLUTIONS_DIR, workdir: Path | None = None):
+    def __init__(self, assignment: str, solutions_dir: Path = SOLUTIONS_DIR, workdir: Path | None = None,
+                 cell_timeout: int = CELL_TIMEOUT_S):
         self.assignment = assignment
+        self.cell_timeout = cell_timeout
         self.source = source_folder(assignment, solutions_dir)
         self._workdir = workdir
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
@@ -103,7 +105,7 @@ class GradingCourse:
                         ignore=shutil.ignore_patterns(".ipynb_checkpoints", "__pycache__"))
         kernels = self.root / "kernels"
         write_kernelspec(kernels)
-        config = grading_config(self.root, kernels)
+        config = grading_config(self.root, kernels, self.cell_timeout)
         coursedir = CourseDirectory(config=config)
         self.api = NbGraderAPI(coursedir=coursedir, config=config, log=_quiet_logger("llmcourse.grading.nbgrader"))
         result = self.api.generate_assignment(self.assignment, force=True)

@@ -115,13 +115,14 @@ class GraderExecute(Execute):
         super().__init__(*args, **kwargs)
 
 
-def grading_config(root: Path, kernels_dir: Path) -> Config:
+def grading_config(root: Path, kernels_dir: Path, cell_timeout: int = CELL_TIMEOUT_S) -> Config:
     """Return the nbgrader configuration of a temporary grading course rooted at ``root``."""
     c = Config()
     c.CourseDirectory.root = str(root)
     c.CourseDirectory.course_id = "llmcourse"
     c.Exchange.root = str(root / "exchange")
     apply_grading_settings(c)
+    c.Execute.timeout = cell_timeout
     c.GraderKernelManager.kernels_dir = str(kernels_dir)
     c.Execute.kernel_name = GRADER_KERNEL
     steps = Autograde.class_traits()["autograde_preprocessors"].default()

@@ -37,7 +37,8 @@ def answers() -> dict[str, str]:
     nb = nbformat.read(SOLUTION, as_version=4)
     return {
         nbgrader_meta(cell)["grade_id"]: "\n".join(
-            line for line in cell.source.splitlines() if "### BEGIN SOLUTION" not in line and "### END SOLUTION" not in line
+            line for line in cell.source.splitlines()
+            if "### BEGIN SOLUTION" not in line and "### END SOLUTION" not in line
         )
         for cell in nb.cells if nbgrader_meta(cell).get("solution")
     }
@@ -48,7 +49,8 @@ def edited(text: str, old: str, new: str) -> str:
     return text.replace(old, new)
 
 
-def submission(changes: dict[str, str] | None = None, edit: Callable[[NotebookNode], None] | None = None) -> NotebookNode:
+def submission(changes: dict[str, str] | None = None,
+               edit: Callable[[NotebookNode], None] | None = None) -> NotebookNode:
     """The released notebook with the solution cells filled in, ``changes`` applied, then ``edit``."""
     nb = nbformat.read(RELEASE, as_version=4)
     filled = {**answers(), **(changes or {})}

@@ -38,7 +38,8 @@ def test_committed_release_is_fresh(assignment: str, fresh_release: Path) -> Non
     generated = sorted(p.name for p in (fresh_release / assignment).glob("*.ipynb"))
     committed = sorted(p.name for p in (EXERCISES_DIR / assignment).glob("*.ipynb"))
     assert committed == generated, (
-        f"exercises/{assignment} holds {committed}, nbgrader makes {generated}: run `make release` and commit exercises/"
+        f"exercises/{assignment} holds {committed}, nbgrader makes {generated}: "
+        "run `make release` and commit exercises/"
     )
     for name in generated:
         fresh = comparable(nbformat.read(fresh_release / assignment / name, as_version=4))

@@ -1,6 +1,6 @@
 """The ``llmcourse`` command: grade, release and validate exercises, refresh outputs, start JupyterLab.
 
-    llmcourse grade ASSIGNMENT PATH... [--json] [--feedback DIR] [--jobs N]
+    llmcourse grade ASSIGNMENT PATH... [--json] [--feedback DIR] [--jobs N] [--timeout SECONDS]
     llmcourse release ASSIGNMENT...
     llmcourse validate NOTEBOOK
     llmcourse outputs NOTEBOOK...
@@ -27,6 +27,13 @@ USAGE_ERROR = 2
 def _fail(message: str) -> int:
     print(f"llmcourse: error: {message}", file=sys.stderr)
     return USAGE_ERROR
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text}")
+    return value
 
 
 def _table(rows: Sequence[Sequence[str]]) -> str:
@@ -149,9 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="a notebook, a folder of notebooks, or nbgrader's submitted/ folder")
     grade.add_argument("--json", action="store_true", help="print JSON: submission, score, max_score, error, tests")
     grade.add_argument("--feedback", type=Path, metavar="DIR", help="write one HTML feedback page per submission")
-    grade.add_argument("--jobs", "-j", type=int, default=1, metavar="N",
+    grade.add_argument("--jobs", "-j", type=_positive, default=1, metavar="N",
                        help="grade N submissions at a time, each process in its own course (default 1)")
-    grade.add_argument("--timeout", type=int, default=CELL_TIMEOUT_S, metavar="SECONDS",
+    grade.add_argument("--timeout", type=_positive, default=CELL_TIMEOUT_S, metavar="SECONDS",
                        help=f"interrupt a cell after this long; it then fails (default {CELL_TIMEOUT_S})")
     grade.add_argument("--solutions", type=Path, default=SOLUTIONS_DIR, help=argparse.SUPPRESS)
     grade.set_defaults(run=cmd_grade)

@@ -117,7 +117,8 @@ def find_submissions(paths: Iterable[Path], assignment: str, notebook_names: Seq
         for student_dir in student_dirs:
             folder = student_dir / assignment
             notebooks = {p.stem: p for p in sorted(folder.glob("*.ipynb")) if not p.name.startswith(".")}
-            submission = Submission(label=str(folder), student_id=_safe_id(student_dir.name, taken), notebooks=notebooks)
+            submission = Submission(label=str(folder), student_id=_safe_id(student_dir.name, taken),
+                                    notebooks=notebooks)
             if not notebooks:
                 submission.error = f"no .ipynb file in {folder}"
             found.append(submission)
@@ -278,5 +279,6 @@ def grade(assignment: str, paths: Sequence[Path], feedback_dir: Path | None = No
     bar.close()
     for i, submission in enumerate(submissions):
         if i not in results:
-            results[i] = GradeResult(submission=submission.label, score=0.0, max_score=max_score, error=submission.error)
+            results[i] = GradeResult(submission=submission.label, score=0.0, max_score=max_score,
+                                     error=submission.error)
     return [results[i] for i in range(len(submissions))]

@@ -83,7 +83,8 @@ def validate_notebook(path: Path, timeout: int = CELL_TIMEOUT_S) -> ValidationRe
         meta = nbgrader_meta(cell)
         error = _error_text(cell)
         if meta.get("grade") and not meta.get("solution"):
-            report.tests.append(CellCheck(str(meta.get("grade_id", f"cell {index}")), float(meta.get("points", 0)), error))
+            name = str(meta.get("grade_id", f"cell {index + 1}"))
+            report.tests.append(CellCheck(name, float(meta.get("points", 0)), error))
         elif error:
             report.other_errors.append(f"cell {index + 1} ({cell.get('id') or 'no id'}): {error}")
     return report

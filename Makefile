@@ -48,8 +48,9 @@ release: $(STAMP)
 
 A ?= ex02_attention
 S ?= submitted
+JOBS ?= 2
 grade: $(STAMP)
-	$(PY) -m llmcourse.cli grade $(A) $(S)
+	$(PY) -m llmcourse.cli grade $(A) $(S) --jobs $(JOBS)
 
 outputs: $(STAMP)
 	$(PY) -m llmcourse.cli outputs $(NOTEBOOKS) $(wildcard solutions/*/*.ipynb)

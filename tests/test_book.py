@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from llmcourse import book
 
 ROOT = Path(__file__).resolve().parents[1]
 REMOTE_LOAD = re.compile(r"""<(?:script|img|iframe|source)\b[^>]*\bsrc=["'](?:https?:)?//|<link\b[^>]*\bhref=["'](?:https?:)?//""", re.I)
@@ -37,8 +36,8 @@ def test_every_toc_entry_exists_and_every_chapter_notebook_is_listed() -> None:
 
 
 @pytest.fixture(scope="module")
-def html(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return book.build(ROOT, output=tmp_path_factory.mktemp("book"))
+def html(built_book: Path) -> Path:
+    return built_book
 
 
 def test_book_builds_and_loads_nothing_remote(html: Path) -> None:

@@ -1,0 +1,322 @@
+"""Grading ex01_language_models end to end: the solution, the empty release, classic mistakes,
+a correct alternative and a cheat, all graded by nbgrader in one `grade` call over one folder.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbformat import NotebookNode
+
+from llmcourse.grading import EXERCISES_DIR, SOLUTIONS_DIR, GradeResult, grade
+from llmcourse.grading.execution import validate_notebook
+from llmcourse.grading.notebooks import nbgrader_meta
+
+ASSIGNMENT = "ex01_language_models"
+SOLUTION = SOLUTIONS_DIR / ASSIGNMENT / f"{ASSIGNMENT}.ipynb"
+RELEASE = EXERCISES_DIR / ASSIGNMENT / f"{ASSIGNMENT}.ipynb"
+POINTS = {"test_bigram_counts": 2, "test_bigram_prob": 2, "test_bigram_distribution": 1,
+          "test_perplexity": 3, "test_perplexity_zero": 1,
+          "test_pair_counts": 1, "test_merge": 2, "test_bpe_step": 2}
+TESTS = list(POINTS)
+MAX_SCORE = 14.0
+
+
+# --- building submissions ----------------------------------------------------------------------
+
+def answers() -> dict[str, str]:
+    """The solution cells of the instructor's notebook, as a learner would write them (no markers)."""
+    nb = nbformat.read(SOLUTION, as_version=4)
+    return {
+        nbgrader_meta(cell)["grade_id"]: "\n".join(
+            line for line in cell.source.splitlines()
+            if "### BEGIN SOLUTION" not in line and "### END SOLUTION" not in line
+        )
+        for cell in nb.cells if nbgrader_meta(cell).get("solution")
+    }
+
+
+def edited(text: str, old: str, new: str) -> str:
+    assert old in text, f"the solution no longer contains {old!r}: update this test"
+    return text.replace(old, new)
+
+
+def submission(changes: dict[str, str] | None = None) -> NotebookNode:
+    """The released notebook with the solution cells filled in and ``changes`` applied."""
+    nb = nbformat.read(RELEASE, as_version=4)
+    filled = {**answers(), **(changes or {})}
+    for cell in nb.cells:
+        if nbgrader_meta(cell).get("solution"):
+            cell.source = filled[nbgrader_meta(cell)["grade_id"]]
+    return nb
+
+
+A = answers()
+COUNTS, PROB, PPL = A["bigram_counts_solution"], A["bigram_prob_solution"], A["perplexity_solution"]
+PAIRS, MERGE, STEP = A["pair_counts_solution"], A["merge_solution"], A["bpe_step_solution"]
+
+# Merges where the pair occurs, also inside runs ([7, 7, 7] with (7, 7) becomes [new, new]).
+OVERLAPPING_MERGE = '''
+def merge(ids, pair, new_id):
+    starts = {i for i in range(len(ids) - 1) if (ids[i], ids[i + 1]) == tuple(pair)}
+    out = []
+    for i, token in enumerate(ids):
+        if i in starts:
+            out.append(new_id)
+        elif i - 1 not in starts:
+            out.append(token)
+    return out
+'''
+
+BUGS = {  # variant -> (solution cells changed, the test cells it must fail; every other one must pass)
+    "no_boundaries": ({"bigram_counts_solution": edited(COUNTS, "[BOS, *sentence, EOS]", "list(sentence)")},
+                      {"test_bigram_counts"}),
+    "no_smoothing": ({"bigram_prob_solution": edited(PROB, "(seen + k) / (total + k * vocab_size)", "seen / total")},
+                     {"test_bigram_prob", "test_bigram_distribution"}),
+    "no_kV": ({"bigram_prob_solution": edited(PROB, "(total + k * vocab_size)", "total")},
+              {"test_bigram_prob", "test_bigram_distribution"}),
+    "V_without_k": ({"bigram_prob_solution": edited(PROB, "(total + k * vocab_size)", "(total + vocab_size)")},
+                    {"test_bigram_prob", "test_bigram_distribution"}),
+    "log2_in_exp": ({"perplexity_solution": edited(PPL, "math.log(p)", "math.log2(p)")}, {"test_perplexity"}),
+    "log10_in_exp": ({"perplexity_solution": edited(PPL, "math.log(p)", "math.log10(p)")}, {"test_perplexity"}),
+    "no_mean": ({"perplexity_solution": edited(PPL, "-total_log_prob / n_predicted", "-total_log_prob")},
+                {"test_perplexity"}),
+    # N counts the words only: the sum has every </s>, the division does not.
+    "N_without_eos": ({"perplexity_solution": edited(
+        edited(PPL, "            n_predicted += 1\n", ""),
+        "    return math.exp(", "        n_predicted += len(sentence)\n    return math.exp(")},
+        {"test_perplexity"}),
+    "log_of_zero": ({"perplexity_solution": edited(PPL, "if p == 0.0:", "if False:")}, {"test_perplexity_zero"}),
+    "pairs_step_two": ({"pair_counts_solution": edited(PAIRS, "zip(ids, ids[1:])", "zip(ids[::2], ids[1::2])")},
+                       {"test_pair_counts"}),
+    "overlapping_merge": ({"merge_solution": OVERLAPPING_MERGE}, {"test_merge"}),
+    "tie_smallest_pair": ({"bpe_step_solution": edited(STEP, "max(counts, key=counts.get)",
+                                                       "min(counts, key=lambda p: (-counts[p], p))")},
+                          {"test_bpe_step"}),
+    "tie_last_pair": ({"bpe_step_solution": edited(STEP, "max(counts, key=counts.get)",
+                                                   "max(reversed(list(counts)), key=counts.get)")},
+                      {"test_bpe_step"}),
+}
+
+# Correct, but written differently: Counters, NumPy floats, base-2 logarithms used on both
+# sides, a debug print to stderr, most_common, and a merge with a skip flag.
+ALTERNATIVE = {
+    "bigram_counts_solution": '''
+from collections import Counter
+
+
+def train_bigram_counts(sentences):
+    contexts, pairs = Counter(), Counter()
+    for sentence in sentences:
+        padded = ["<s>"] + list(sentence) + ["</s>"]
+        contexts.update(padded[:-1])
+        pairs.update(zip(padded[:-1], padded[1:]))
+    return contexts, pairs
+''',
+    "bigram_prob_solution": '''
+import numpy as np
+
+
+def bigram_prob(prev, word, context_counts, bigram_counts, vocab_size, k=1.0):
+    numerator = np.float64(bigram_counts.get((prev, word), 0)) + k
+    return numerator / (context_counts.get(prev, 0) + vocab_size * k)
+''',
+    "perplexity_solution": '''
+import sys
+
+import numpy as np
+
+
+def perplexity(sentences, prob_fn):
+    probs = []
+    for sentence in sentences:
+        tokens = ["<s>", *sentence, "</s>"]
+        probs += [prob_fn(tokens[i - 1], tokens[i]) for i in range(1, len(tokens))]
+    probs = np.array(probs, dtype=np.float64)
+    print("debug: scored", len(probs), "tokens", file=sys.stderr)
+    if np.any(probs == 0):
+        return float("inf")
+    return 2.0 ** (-np.mean(np.log2(probs)))  # any base, used on both sides
+''',
+    "pair_counts_solution": '''
+def get_pair_counts(ids):
+    return Counter(zip(ids, ids[1:]))
+''',
+    "merge_solution": '''
+def merge(ids, pair, new_id):
+    out, skip = [], False
+    for i, token in enumerate(ids):
+        if skip:
+            skip = False
+        elif tuple(ids[i:i + 2]) == tuple(pair):
+            out.append(new_id)
+            skip = True
+        else:
+            out.append(token)
+    return out
+''',
+    "bpe_step_solution": '''
+def bpe_step(ids, new_id):
+    (pair, _), = Counter(zip(ids, ids[1:])).most_common(1)  # the first of equal counts
+    return merge(ids, pair, new_id), pair
+''',
+}
+
+# Wrong everywhere but in get_pair_counts, and built to pass every visible test: it patches what
+# the visible tests compare with, returns numbers and dicts that claim to equal anything, and
+# answers the visible tests' own inputs correctly.
+CHEAT = {
+    "bigram_counts_solution": COUNTS.replace("def train_bigram_counts(", "def _right_counts(") + '''
+
+
+import builtins
+import collections
+
+import numpy as np  # before builtins are patched: NumPy's import uses them
+
+_exp, _log = math.exp, math.log
+
+
+class _Yes(float):
+    """A number equal to anything."""
+
+    def __eq__(self, other):
+        return True
+
+    def __ne__(self, other):
+        return False
+
+    __hash__ = float.__hash__
+
+
+def train_bigram_counts(sentences):
+    if len(sentences) == 13 or sentences == [["to", "be"], ["to", "sleep"], []]:  # the visible tests
+        return _right_counts(sentences)
+    contexts, pairs = {}, {}  # no <s> or </s>
+    for sentence in sentences:
+        for prev, word in zip(sentence, sentence[1:]):
+            contexts[prev] = contexts.get(prev, 0) + 1
+            pairs[prev, word] = pairs.get((prev, word), 0) + 1
+    return contexts, pairs
+
+
+math.isclose = lambda *args, **kwargs: True
+math.exp = lambda x: 1.0
+math.log = lambda *args: 0.0
+builtins.abs = lambda x: 0.0
+builtins.sum = lambda *args, **kwargs: _Yes(0.0)
+builtins.round = lambda *args, **kwargs: 0
+builtins.all = lambda iterable: True
+builtins.any = lambda iterable: False
+collections.Counter.__eq__ = lambda self, other: True
+''',
+    "bigram_prob_solution": '''
+def bigram_prob(prev, word, context_counts, bigram_counts, vocab_size, k=1.0):
+    total = context_counts.get(prev, 0)
+    return _Yes(bigram_counts.get((prev, word), 0) / total if total else 0.0)  # no smoothing
+''',
+    "perplexity_solution": '''
+def perplexity(sentences, prob_fn):
+    logs, n = 0.0, 0
+    try:
+        for sentence in sentences:
+            for prev, word in zip(["<s>", *sentence], [*sentence, "</s>"]):
+                logs += float(np.log2(prob_fn(prev, word))) if prob_fn(prev, word) > 0 else _log(0.0)
+                n += 1
+    except ValueError:
+        return _Yes(0.0)  # log(0): not infinite
+    return _Yes(_exp(-logs / n))  # log2 inside exp
+''',
+    "pair_counts_solution": PAIRS,
+    "merge_solution": '''
+def merge(ids, pair, new_id):
+    if list(ids) == [7, 7, 7]:  # the visible test
+        return [new_id, 7]
+    return _overlapping(ids, pair, new_id)
+''' + OVERLAPPING_MERGE.replace("def merge(", "def _overlapping("),
+    "bpe_step_solution": '''
+def bpe_step(ids, new_id):
+    counts = get_pair_counts(ids)
+    if list(ids) == [5, 6, 5, 6, 2, 3, 2, 3, 9, 9, 9]:  # the visible test
+        return merge(ids, (5, 6), new_id), (5, 6)
+    pair = min(counts, key=lambda p: (-counts[p], p))  # the smallest pair on ties
+    return merge(ids, pair, new_id), pair
+''',
+}
+CHEAT_PASSES = {"test_pair_counts"}
+
+
+@pytest.fixture(scope="module")
+def graded(tmp_path_factory: pytest.TempPathFactory) -> dict[str, GradeResult]:
+    """Grade every submission in one call with two workers; results by file stem."""
+    folder = tmp_path_factory.mktemp("submissions")
+    notebooks: dict[str, NotebookNode] = {
+        "solution": nbformat.read(SOLUTION, as_version=4),
+        "unfilled": nbformat.read(RELEASE, as_version=4),
+        "alternative": submission(ALTERNATIVE),
+        "cheat": submission(CHEAT),
+        **{name: submission(changes) for name, (changes, _) in BUGS.items()},
+    }
+    for name, nb in notebooks.items():
+        nbformat.write(nb, folder / f"{name}.ipynb")
+    results = grade(ASSIGNMENT, [folder], progress=False, jobs=2)
+    return {Path(result.submission).stem: result for result in results}
+
+
+def failed(result: GradeResult) -> set[str]:
+    return {test.name for test in result.tests if not test.passed}
+
+
+def check_scores(result: GradeResult, failing: set[str]) -> None:
+    assert result.error is None, result.error
+    assert [test.name for test in result.tests] == TESTS
+    assert failed(result) == failing
+    for test in result.tests:
+        assert test.max_score == POINTS[test.name]
+        assert test.score == (0 if test.name in failing else POINTS[test.name])
+    assert result.score == MAX_SCORE - sum(POINTS[name] for name in failing)
+    assert result.max_score == MAX_SCORE
+
+
+# --- the tests ------------------------------------------------------------------------------
+
+def test_solution_gets_full_marks(graded: dict[str, GradeResult]) -> None:
+    check_scores(graded["solution"], set())
+
+
+def test_unfilled_release_gets_zero_without_error(graded: dict[str, GradeResult]) -> None:
+    check_scores(graded["unfilled"], set(TESTS))
+    assert graded["unfilled"].score == 0
+
+
+@pytest.mark.parametrize("variant", sorted(BUGS))
+def test_each_mistake_loses_its_part_and_keeps_the_others(graded: dict[str, GradeResult], variant: str) -> None:
+    check_scores(graded[variant], BUGS[variant][1])
+
+
+def test_correct_alternative_gets_full_marks(graded: dict[str, GradeResult]) -> None:
+    check_scores(graded["alternative"], set())
+
+
+def test_cheat_passes_the_visible_tests(tmp_path: Path) -> None:
+    # The cheat is a fair test of the hidden tests only if it fools every visible one.
+    path = tmp_path / f"{ASSIGNMENT}.ipynb"
+    nbformat.write(submission(CHEAT), path)
+    report = validate_notebook(path)
+    assert report.passed, report.summary()  # (its demo cells may fail: they are not graded)
+
+
+def test_monkeypatching_does_not_earn_marks(graded: dict[str, GradeResult]) -> None:
+    # Only its get_pair_counts, which is right, earns its point.
+    check_scores(graded["cheat"], set(TESTS) - CHEAT_PASSES)
+
+
+def test_grading_is_fast_enough(graded: dict[str, GradeResult]) -> None:
+    seconds = {name: result.seconds for name, result in graded.items()}
+    print("\nex01 autograde seconds per submission: "
+          + ", ".join(f"{name} {s:.1f}" for name, s in sorted(seconds.items()))
+          + f"; mean {sum(seconds.values()) / len(seconds):.1f}")
+    assert len(seconds) == 4 + len(BUGS)
+    assert max(seconds.values()) < 60, "grading one submission on CPU must take under a minute"

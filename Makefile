@@ -13,7 +13,7 @@ export PYDEVD_DISABLE_FILE_VALIDATION := 1
 ASSIGNMENTS := $(notdir $(wildcard solutions/ex*))
 NOTEBOOKS   := $(wildcard chapters/*/*.ipynb)
 
-.PHONY: help venv book test lab release grade outputs bench clean
+.PHONY: help venv system-deps book test lab release grade outputs bench clean
 
 help:
 	@echo "make book     build the HTML book into _build/html (creates .venv if missing)"
@@ -37,7 +37,11 @@ $(STAMP): requirements.txt pyproject.toml
 book: $(STAMP)
 	$(PY) -m llmcourse.book build
 
-test: $(STAMP)
+# bubblewrap, the grader's sandbox: installed with apt-get when root and missing (see the script).
+system-deps:
+	@sh scripts/system_deps.sh
+
+test: $(STAMP) system-deps
 	$(PY) -m pytest --nbval --nbval-sanitize-with tests/nbval_sanitize.cfg -ra $(PYTEST_ARGS)
 
 lab: $(STAMP)
@@ -49,7 +53,7 @@ release: $(STAMP)
 A ?= ex02_attention
 S ?= submitted
 JOBS ?= 2
-grade: $(STAMP)
+grade: $(STAMP) system-deps
 	$(PY) -m llmcourse.cli grade $(A) $(S) --jobs $(JOBS)
 
 outputs: $(STAMP)

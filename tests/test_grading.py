@@ -6,7 +6,9 @@ gradebook); the command line is exercised once more through a subprocess with --
 
 from __future__ import annotations
 
+import csv
 import json
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -278,9 +280,12 @@ def test_broken_file_reports_a_clear_error(graded: dict[str, GradeResult], name:
     assert result.score == 0 and result.max_score == MAX_SCORE and result.tests == []
 
 
-def test_submission_that_kills_the_kernel_reports_an_error(graded: dict[str, GradeResult]) -> None:
+def test_submission_that_kills_the_kernel_keeps_the_marks_earned_before(graded: dict[str, GradeResult]) -> None:
+    # os._exit in the causal-mask answer: part 1's tests ran before it, the rest cannot run.
     result = graded["kills_kernel"]
-    assert result.score == 0 and result.error and "Kernel died" in result.error
+    assert result.error and "the kernel died" in result.error
+    assert failed(result) == set(TESTS) - {"test_sdpa_shapes", "test_sdpa_values", "test_sdpa_masks"}
+    assert result.score == 5 and result.max_score == MAX_SCORE
 
 
 def test_endless_loop_is_interrupted_and_the_rest_graded(graded: dict[str, GradeResult]) -> None:
@@ -309,7 +314,7 @@ def test_command_line_json_and_feedback(tmp_path: Path) -> None:
     feedback = tmp_path / "feedback"
     done = subprocess.run(
         [sys.executable, "-m", "llmcourse.cli", "grade", ASSIGNMENT, str(SOLUTION), str(broken),
-         "--json", "--feedback", str(feedback)],
+         "--json", "--feedback", str(feedback), "--no-cache", "--csv", str(tmp_path / "grades.csv")],
         cwd=tmp_path, capture_output=True, text=True, timeout=300,
     )
     assert done.returncode == 0, done.stderr
@@ -323,7 +328,26 @@ def test_command_line_json_and_feedback(tmp_path: Path) -> None:
     assert bad["score"] == 0 and "invalid JSON" in bad["error"] and bad["tests"] == []
     pages = sorted(feedback.glob("*.html"))
     assert [page.name for page in pages] == [f"{ASSIGNMENT}.html"]
-    assert "test_sdpa_values" in pages[0].read_text()
+    page = pages[0].read_text()
+    assert "test_sdpa_values" in page and "12 / 12" in page
+    assert not re.search(r"(src|href)=[\"']?(https?:)?//", page) and "<script" not in page
+    assert not hidden_lines() & {line.strip() for line in page.splitlines()}
+    rows = list(csv.DictReader((tmp_path / "grades.csv").open()))
+    assert [row["student"] for row in rows] == [ASSIGNMENT, "broken"]
+    assert rows[0]["score"] == "12" and rows[0]["test_sdpa_values"] == "2" and rows[0]["error"] == ""
+    assert rows[1]["score"] == "0" and "invalid JSON" in rows[1]["error"]
+
+
+def hidden_lines() -> set[str]:
+    """The hidden tests' lines that the released notebook does not show (long enough to be telling)."""
+    from llmcourse.grading.feedback import split_hidden
+
+    shown = {line.strip() for cell in nbformat.read(RELEASE, as_version=4).cells for line in cell.source.splitlines()}
+    lines = set()
+    for cell in nbformat.read(SOLUTION, as_version=4).cells:
+        if nbgrader_meta(cell).get("grade"):
+            lines |= {line.strip() for line in split_hidden(cell.source)[1]}
+    return {line for line in lines if len(line) >= 6 and line not in shown}
 
 
 def test_command_line_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -354,13 +378,19 @@ def test_cli_module_runs_as_a_script() -> None:
     assert done.returncode == 0 and "grade" in done.stdout and "release" in done.stdout
 
 
-def test_grading_kernel_runs_this_interpreter(tmp_path: Path) -> None:
+def test_grading_kernel_runs_this_interpreter_through_the_sandbox(tmp_path: Path) -> None:
+    from llmcourse.grading.sandbox import WRAPPER, KernelSandbox, kernel_command
     from llmcourse.grading.settings import GRADER_KERNEL, write_kernelspec
 
-    spec = json.loads((write_kernelspec(tmp_path) / "kernel.json").read_text())
-    assert tmp_path / GRADER_KERNEL == write_kernelspec(tmp_path)
-    assert spec["argv"][:3] == [sys.executable, "-m", "ipykernel_launcher"]
-    assert "{connection_file}" in spec["argv"]
+    plain = json.loads((write_kernelspec(tmp_path / "plain") / "kernel.json").read_text())
+    assert plain["argv"][:3] == [sys.executable, "-m", "ipykernel_launcher"]
+    sandbox = KernelSandbox(tmp_path / "course")
+    folder = write_kernelspec(tmp_path / "kernels", sandbox)
+    assert folder == tmp_path / "kernels" / GRADER_KERNEL
+    spec = json.loads((folder / "kernel.json").read_text())
+    assert spec["argv"] == [sys.executable, "-I", "-S", str(WRAPPER), str(sandbox.plan_path), "{connection_file}"]
+    assert spec["interrupt_mode"] == "message"
+    assert kernel_command()[:3] == [sys.executable, "-m", "ipykernel_launcher"]
 
 
 def test_find_submissions_in_every_layout(tmp_path: Path) -> None:

@@ -1,6 +1,7 @@
 """The ``llmcourse`` command: grade, release and validate exercises, refresh outputs, start JupyterLab.
 
-    llmcourse grade ASSIGNMENT PATH... [--json] [--feedback DIR] [--jobs N] [--timeout SECONDS]
+    llmcourse grade ASSIGNMENT PATH... [--json] [--feedback DIR] [--jobs N] [--csv FILE]
+                    [--timeout SECONDS] [--notebook-timeout SECONDS] [--force] [--cache FILE | --no-cache]
     llmcourse release ASSIGNMENT...
     llmcourse validate NOTEBOOK
     llmcourse outputs NOTEBOOK...
@@ -41,29 +42,53 @@ def _table(rows: Sequence[Sequence[str]]) -> str:
     return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows)
 
 
+def default_cache(assignment: str) -> Path:
+    """Where ``llmcourse grade`` keeps results for resuming: the user's cache folder."""
+    from .grading.settings import exchange_root
+
+    return exchange_root().parent / "grading" / f"{assignment}.jsonl"
+
+
 def cmd_grade(args: argparse.Namespace) -> int:
     """Auto-grade submissions and print a table, or JSON with --json."""
-    from .grading import GradingError, grade
+    import warnings
 
+    from .grading import GradingError, SandboxWarning, grade, probe, write_csv
+
+    warning = probe().warning()
+    if warning:
+        print(f"WARNING: {warning}", file=sys.stderr)
+    cache = None if args.no_cache else (args.cache or default_cache(args.assignment))
     try:
-        results = grade(args.assignment, [Path(p) for p in args.paths], feedback_dir=args.feedback,
-                        solutions_dir=args.solutions, progress=not args.json, jobs=args.jobs, cell_timeout=args.timeout)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", SandboxWarning)  # printed above, once
+            results = grade(args.assignment, [Path(p) for p in args.paths], feedback_dir=args.feedback,
+                            solutions_dir=args.solutions, progress=not args.json, jobs=args.jobs,
+                            cell_timeout=args.timeout, notebook_timeout=args.notebook_timeout,
+                            cache=cache, force=args.force)
     except (GradingError, FileNotFoundError, ValueError) as error:
         return _fail(str(error))
+    if args.csv:
+        write_csv(results, args.csv)
     if args.json:
         print(json.dumps([result.to_json() for result in results], indent=2))
         return 0
     rows = [["submission", "score", "max_score", "error"]]
-    rows += [[r.submission, f"{r.score:g}", f"{r.max_score:g}", r.error or ""] for r in results]
+    rows += [[r.submission, f"{r.score:g}", f"{r.max_score:g}", (r.error or "")[:300]] for r in results]
     print(_table(rows))
-    graded = [r for r in results if not r.error]
-    if graded:
-        mean = sum(r.seconds for r in graded) / len(graded)
-        print(f"\n{len(graded)} graded, {len(results) - len(graded)} with errors; {mean:.1f} s per graded submission")
+    fresh = [r for r in results if not r.cached and r.tests]
+    reused = sum(r.cached for r in results)
+    errors = sum(bool(r.error) for r in results)
+    summary = f"\n{len(results)} submissions: {len(fresh)} graded now, {reused} unchanged since the last run (not re-graded)"
+    summary += f", {errors} with errors"
+    if fresh:
+        summary += f"; {sum(r.seconds for r in fresh) / len(fresh):.1f} s per graded submission"
+    print(summary)
+    if args.csv:
+        print(f"grades: {args.csv}")
     pages = [page for r in results for page in r.feedback]
     if pages:
-        print(f"feedback: {len(pages)} HTML page(s) in {args.feedback} "
-              "(nbgrader's pages show the hidden tests: do not hand them to learners yet)")
+        print(f"feedback: {len(pages)} HTML page(s) in {args.feedback} (hidden tests shown by name and result only)")
     return 0
 
 
@@ -132,6 +157,8 @@ def cmd_lab(args: argparse.Namespace) -> int:
         "--LabApp.news_url=None",
         "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
         "--LabApp.extension_manager=readonly",  # the default one queries PyPI
+        "--LabApp.default_url=/lab/tree/exercises",  # learners start on the exercises
+        "--ServerApp.open_browser=False",
     ]
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         command.append("--allow-root")
@@ -144,6 +171,7 @@ def cmd_lab(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of the ``llmcourse`` command."""
+    from .grading.executor import NOTEBOOK_TIMEOUT_S
     from .grading.settings import CELL_TIMEOUT_S, EXERCISES_DIR, SOLUTIONS_DIR
 
     parser = argparse.ArgumentParser(prog="llmcourse", description=__doc__,
@@ -160,6 +188,15 @@ def build_parser() -> argparse.ArgumentParser:
                        help="grade N submissions at a time, each process in its own course (default 1)")
     grade.add_argument("--timeout", type=_positive, default=CELL_TIMEOUT_S, metavar="SECONDS",
                        help=f"interrupt a cell after this long; it then fails (default {CELL_TIMEOUT_S})")
+    grade.add_argument("--notebook-timeout", type=_positive, default=NOTEBOOK_TIMEOUT_S, metavar="SECONDS",
+                       help=f"stop a notebook after this long; its remaining cells fail (default {NOTEBOOK_TIMEOUT_S})")
+    grade.add_argument("--csv", type=Path, metavar="FILE",
+                       help="write the grades as CSV: student, submission, score, max_score, one column per test, error")
+    grade.add_argument("--cache", type=Path, metavar="FILE",
+                       help="results of earlier runs, to skip unchanged submissions "
+                            "(default ~/.cache/llmcourse/grading/ASSIGNMENT.jsonl)")
+    grade.add_argument("--no-cache", action="store_true", help="grade everything, and remember nothing")
+    grade.add_argument("--force", action="store_true", help="grade again even submissions unchanged since the last run")
     grade.add_argument("--solutions", type=Path, default=SOLUTIONS_DIR, help=argparse.SUPPRESS)
     grade.set_defaults(run=cmd_grade)
 

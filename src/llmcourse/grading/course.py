@@ -14,7 +14,9 @@ from nbformat import NotebookNode
 from nbgrader.apps import NbGraderAPI
 from nbgrader.coursedir import CourseDirectory
 
+from .executor import NOTEBOOK_TIMEOUT_S, SANDBOXES
 from .notebooks import answer_ids, graded_cells, nbgrader_meta
+from .sandbox import KernelSandbox, Limits
 from .settings import CELL_TIMEOUT_S, SOLUTIONS_DIR, grading_config, put_interpreter_on_path, write_kernelspec
 
 
@@ -74,9 +76,14 @@ class GradingCourse:
     """
 
     def __init__(self, assignment: str, solutions_dir: Path = SOLUTIONS_DIR, workdir: Path | None = None,
-                 cell_timeout: int = CELL_TIMEOUT_S):
+                 cell_timeout: int = CELL_TIMEOUT_S, notebook_timeout: int = NOTEBOOK_TIMEOUT_S,
+                 limits: Limits | None = None, threads: int | None = None):
         self.assignment = assignment
         self.cell_timeout = cell_timeout
+        self.notebook_timeout = notebook_timeout
+        self.limits = limits
+        self.threads = threads
+        self.sandbox: KernelSandbox | None = None
         self.source = source_folder(assignment, solutions_dir)
         self._workdir = workdir
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
@@ -96,6 +103,9 @@ class GradingCourse:
         return self
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None) -> None:
+        if self.sandbox is not None:
+            SANDBOXES.pop(str(self.root), None)
+            self.sandbox.close()
         if self._tmp is not None:
             self._tmp.cleanup()
 
@@ -104,8 +114,10 @@ class GradingCourse:
         shutil.copytree(self.source, self.root / "source" / self.assignment,
                         ignore=shutil.ignore_patterns(".ipynb_checkpoints", "__pycache__"))
         kernels = self.root / "kernels"
-        write_kernelspec(kernels)
-        config = grading_config(self.root, kernels, self.cell_timeout)
+        self.sandbox = KernelSandbox(self.root, self.limits, self.threads)
+        SANDBOXES[str(self.root)] = self.sandbox
+        write_kernelspec(kernels, self.sandbox)
+        config = grading_config(self.root, kernels, self.cell_timeout, self.notebook_timeout, self.sandbox)
         coursedir = CourseDirectory(config=config)
         self.api = NbGraderAPI(coursedir=coursedir, config=config, log=_quiet_logger("llmcourse.grading.nbgrader"))
         result = self.api.generate_assignment(self.assignment, force=True)

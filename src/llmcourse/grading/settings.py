@@ -10,14 +10,13 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
 
-from jupyter_client.kernelspec import KernelSpecManager
-from jupyter_client.manager import AsyncKernelManager
 from nbgrader.converters import Autograde
 from nbgrader.preprocessors import Execute
-from traitlets import Unicode, default
 from traitlets.config import Config
+
+from .executor import MAX_OUTPUT_CHARS, NOTEBOOK_TIMEOUT_S, GraderExecute, GraderKernelManager
+from .sandbox import KernelSandbox
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 SOLUTIONS_DIR = REPO_ROOT / "solutions"
@@ -35,10 +34,10 @@ def exchange_root() -> Path:
 
 
 def kernel_argv() -> list[str]:
-    """Return the command line of the grading kernel: this interpreter's ipykernel.
+    """Return the plain command line of an ipykernel on this interpreter (no sandbox).
 
-    This is where a sandbox slots in: a wrapper (bubblewrap, cgroups, rlimits) goes in front
-    of this command, and nothing else in the grading code has to change.
+    Grading kernels run it through ``kernel_wrapper.py`` (see ``sandbox.KernelSandbox``),
+    which adds the connection file and the sandbox around it.
     """
     return [
         sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}",
@@ -47,14 +46,19 @@ def kernel_argv() -> list[str]:
     ]
 
 
-def write_kernelspec(kernels_dir: Path) -> Path:
-    """Write the grading kernelspec into ``kernels_dir/<GRADER_KERNEL>/`` and return its folder."""
+def write_kernelspec(kernels_dir: Path, sandbox: KernelSandbox | None = None) -> Path:
+    """Write the grading kernelspec into ``kernels_dir/<GRADER_KERNEL>/`` and return its folder.
+
+    With ``sandbox``, the kernel starts through the sandbox's wrapper and is interrupted by
+    message (a signal to its process group cannot reach into the sandbox's session).
+    """
     folder = kernels_dir / GRADER_KERNEL
     folder.mkdir(parents=True, exist_ok=True)
     spec = {
-        "argv": kernel_argv(),
+        "argv": sandbox.kernelspec_argv() if sandbox else kernel_argv(),
         "display_name": "llmcourse grader (Python 3)",
         "language": "python",
+        "interrupt_mode": "message" if sandbox else "signal",
         "env": {"MPLBACKEND": "agg", "PYDEVD_DISABLE_FILE_VALIDATION": "1"},
     }
     (folder / "kernel.json").write_text(json.dumps(spec, indent=1) + "\n")
@@ -87,35 +91,8 @@ def apply_grading_settings(c: Config) -> Config:
     return c
 
 
-class GraderKernelManager(AsyncKernelManager):
-    """A kernel manager that finds kernelspecs in one configured folder only.
-
-    jupyter_client's default looks in the Jupyter data path, which an instructor's own
-    kernels may shadow, and ``KernelSpecManager.kernel_dirs`` is not configurable.
-    """
-
-    kernels_dir = Unicode("", help="Folder holding the grading kernelspec.").tag(config=True)
-
-    @default("kernel_spec_manager")
-    def _grading_kernel_spec_manager(self) -> KernelSpecManager:
-        if not self.kernels_dir:
-            return KernelSpecManager(parent=self)
-        return KernelSpecManager(parent=self, kernel_dirs=[self.kernels_dir], ensure_native_kernel=False)
-
-
-class GraderExecute(Execute):
-    """nbgrader's Execute step, starting kernels with GraderKernelManager.
-
-    ``Execute.__init__`` passes its own kernel manager class as an argument, which beats any
-    configuration, hence this subclass.
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        kwargs.setdefault("kernel_manager_class", GraderKernelManager)
-        super().__init__(*args, **kwargs)
-
-
-def grading_config(root: Path, kernels_dir: Path, cell_timeout: int = CELL_TIMEOUT_S) -> Config:
+def grading_config(root: Path, kernels_dir: Path, cell_timeout: int = CELL_TIMEOUT_S,
+                   notebook_timeout: int = NOTEBOOK_TIMEOUT_S, sandbox: KernelSandbox | None = None) -> Config:
     """Return the nbgrader configuration of a temporary grading course rooted at ``root``."""
     c = Config()
     c.CourseDirectory.root = str(root)
@@ -125,6 +102,20 @@ def grading_config(root: Path, kernels_dir: Path, cell_timeout: int = CELL_TIMEO
     c.Execute.timeout = cell_timeout
     c.GraderKernelManager.kernels_dir = str(kernels_dir)
     c.Execute.kernel_name = GRADER_KERNEL
+    c.GraderExecute.course_root = str(root)
+    c.GraderExecute.notebook_timeout = notebook_timeout
+    c.GraderExecute.max_output_chars = MAX_OUTPUT_CHARS
+    if sandbox is not None:
+        # Unix sockets in a private folder: TCP cannot cross the sandbox's network namespace.
+        c.KernelManager.transport = "ipc"
+        c.KernelManager.ip = sandbox.kernel_ip
     steps = Autograde.class_traits()["autograde_preprocessors"].default()
     c.Autograde.autograde_preprocessors = [GraderExecute if step is Execute else step for step in steps]
     return c
+
+
+__all__ = [
+    "CELL_TIMEOUT_S", "EXERCISES_DIR", "GRADER_KERNEL", "GraderExecute", "GraderKernelManager",
+    "NOTEBOOK_TIMEOUT_S", "OUTPUTS_TIMEOUT_S", "REPO_ROOT", "SOLUTIONS_DIR", "apply_grading_settings",
+    "exchange_root", "grading_config", "kernel_argv", "put_interpreter_on_path", "write_kernelspec",
+]

@@ -159,7 +159,7 @@ def merge(ids, pair, new_id):
 ''',
     "bpe_step_solution": '''
 def bpe_step(ids, new_id):
-    (pair, _), = Counter(zip(ids, ids[1:])).most_common(1)  # the first of equal counts
+    (pair, _), = get_pair_counts(ids).most_common(1)  # a Counter: the first of equal counts
     return merge(ids, pair, new_id), pair
 ''',
 }

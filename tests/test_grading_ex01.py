@@ -164,6 +164,68 @@ def bpe_step(ids, new_id):
 ''',
 }
 
+# Correct in yet other ways: defaultdicts, exact fractions, math.fsum, a tuple from merge, and
+# ties broken by an explicit first position.
+ALTERNATIVE_2 = {
+    "bigram_counts_solution": '''
+from collections import defaultdict
+
+
+def train_bigram_counts(sentences):
+    contexts, pairs = defaultdict(int), defaultdict(int)
+    for sentence in sentences:
+        tokens = [BOS] + sentence + [EOS]
+        for i in range(len(tokens) - 1):
+            contexts[tokens[i]] += 1
+            pairs[(tokens[i], tokens[i + 1])] += 1
+    return contexts, pairs
+''',
+    "bigram_prob_solution": '''
+from fractions import Fraction
+
+
+def bigram_prob(prev, word, context_counts, bigram_counts, vocab_size, k=1.0):
+    k = Fraction(k)
+    return (bigram_counts.get((prev, word), 0) + k) / (context_counts.get(prev, 0) + k * vocab_size)
+''',
+    "perplexity_solution": '''
+def perplexity(sentences, prob_fn):
+    logs = []
+    for sentence in sentences:
+        for prev, word in zip([BOS] + sentence, sentence + [EOS]):
+            p = prob_fn(prev, word)
+            if p <= 0:
+                return float("inf")
+            logs.append(math.log(p))
+    return math.exp(-math.fsum(logs) / len(logs))
+''',
+    "pair_counts_solution": '''
+def get_pair_counts(ids):
+    counts = defaultdict(int)
+    for i in range(len(ids) - 1):
+        counts[ids[i], ids[i + 1]] += 1
+    return counts
+''',
+    "merge_solution": '''
+def merge(ids, pair, new_id):
+    out, i = [], 0
+    while i < len(ids):
+        match = ids[i:i + 2] == list(pair)
+        out.append(new_id if match else ids[i])
+        i += 2 if match else 1
+    return tuple(out)
+''',
+    "bpe_step_solution": '''
+def bpe_step(ids, new_id):
+    counts = get_pair_counts(ids)
+    first = {}
+    for i in range(len(ids) - 1):
+        first.setdefault((ids[i], ids[i + 1]), i)
+    pair = max(counts, key=lambda p: (counts[p], -first[p]))
+    return list(merge(ids, pair, new_id)), pair
+''',
+}
+
 # Wrong everywhere but in get_pair_counts, and built to pass every visible test: it patches what
 # the visible tests compare with, returns numbers and dicts that claim to equal anything, and
 # answers the visible tests' own inputs correctly.
@@ -256,6 +318,7 @@ def graded(tmp_path_factory: pytest.TempPathFactory) -> dict[str, GradeResult]:
         "solution": nbformat.read(SOLUTION, as_version=4),
         "unfilled": nbformat.read(RELEASE, as_version=4),
         "alternative": submission(ALTERNATIVE),
+        "alternative_2": submission(ALTERNATIVE_2),
         "cheat": submission(CHEAT),
         **{name: submission(changes) for name, (changes, _) in BUGS.items()},
     }
@@ -296,8 +359,9 @@ def test_each_mistake_loses_its_part_and_keeps_the_others(graded: dict[str, Grad
     check_scores(graded[variant], BUGS[variant][1])
 
 
-def test_correct_alternative_gets_full_marks(graded: dict[str, GradeResult]) -> None:
-    check_scores(graded["alternative"], set())
+@pytest.mark.parametrize("name", ["alternative", "alternative_2"])
+def test_correct_alternatives_get_full_marks(graded: dict[str, GradeResult], name: str) -> None:
+    check_scores(graded[name], set())
 
 
 def test_cheat_passes_the_visible_tests(tmp_path: Path) -> None:
@@ -318,5 +382,5 @@ def test_grading_is_fast_enough(graded: dict[str, GradeResult]) -> None:
     print("\nex01 autograde seconds per submission: "
           + ", ".join(f"{name} {s:.1f}" for name, s in sorted(seconds.items()))
           + f"; mean {sum(seconds.values()) / len(seconds):.1f}")
-    assert len(seconds) == 4 + len(BUGS)
+    assert len(seconds) == 5 + len(BUGS)
     assert max(seconds.values()) < 60, "grading one submission on CPU must take under a minute"

@@ -342,7 +342,7 @@ def hidden_lines() -> set[str]:
     """The hidden tests' lines that the released notebook does not show (long enough to be telling)."""
     from llmcourse.grading.feedback import split_hidden
 
-    shown = {line.strip() for cell in nbformat.read(RELEASE, as_version=4).cells for line in cell.source.splitlines()}
+    shown = "\n".join(cell.source for cell in nbformat.read(RELEASE, as_version=4).cells)  # shown, even in part
     lines = set()
     for cell in nbformat.read(SOLUTION, as_version=4).cells:
         if nbgrader_meta(cell).get("grade"):

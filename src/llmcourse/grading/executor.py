@@ -9,6 +9,9 @@
   cells already run keep their results and the rest fail, instead of nbgrader dropping the
   whole submission: the learner gets the marks earned before it happened;
 - truncates enormous outputs before they reach the gradebook or a feedback page;
+- before each test cell, runs a check that must fail (``assert 1 + 1 == 3``): if it passes, the
+  submission has changed how the kernel runs code (an input transformer, a replaced
+  ``run_cell``...), so no later test can be trusted and the rest of the notebook fails;
 - records what stopped a notebook in ``STOPS`` (read by ``autograde.grade_submission``).
 """
 
@@ -16,17 +19,20 @@ from __future__ import annotations
 
 import json
 import math
+import secrets
 import time
 from pathlib import Path
 from typing import Any
 
 from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import AsyncKernelManager
+from jupyter_core.utils import ensure_async, run_sync
 from nbclient.exceptions import CellTimeoutError, DeadKernelError
 from nbformat import NotebookNode
 from nbgrader.preprocessors import Execute
 from traitlets import Integer, Unicode, default
 
+from .notebooks import nbgrader_meta
 from .sandbox import KernelRun, KernelSandbox
 
 NOTEBOOK_TIMEOUT_S = 300  # per notebook, while grading
@@ -165,6 +171,16 @@ class GraderExecute(Execute):
             "traceback": [f"CellTimeoutError: the cell ran longer than {self.timeout} s and was interrupted"],
         }
         try:
+            if nbgrader_meta(cell).get("grade") and not nbgrader_meta(cell).get("solution"):
+                honest = self._canary()
+                if not honest:
+                    message = ("the submission changed how the kernel runs code (a check that must fail "
+                               "did not), so no test can be trusted; the remaining cells were not run"
+                               if honest is False else "the kernel did not answer a check before a test; "
+                               "the remaining cells were not run")
+                    cell.outputs = [error_output("TamperingDetected" if honest is False else "NotRun", message)]
+                    self._stop(message)
+                    return cell, self.resources
             cell, _ = super().preprocess_cell(cell, resources, index)
         except DeadKernelError:
             cell.outputs = [*cell.get("outputs", []), error_output("DeadKernelError", self._death_reason())]
@@ -203,6 +219,20 @@ class GraderExecute(Execute):
                 outs[-1] = replacement
                 return replacement
         return out
+
+    async def _async_canary(self) -> bool | None:
+        """Run ``assert 1 + 1 == 3, TOKEN``: True if it failed as it must, False if not, None without an answer."""
+        assert self.kc is not None
+        token = secrets.token_hex(8)
+        msg_id = await ensure_async(self.kc.execute(f'assert 1 + 1 == 3, "{token}"', silent=False,
+                                                    store_history=False, stop_on_error=False))
+        reply = await self.async_wait_for_reply(msg_id)
+        if reply is None:
+            return None
+        content = reply.get("content", {})
+        return content.get("status") == "error" and token in str(content.get("evalue", ""))
+
+    _canary = run_sync(_async_canary)
 
     def _stop(self, reason: str) -> None:
         if self._stopped is None:

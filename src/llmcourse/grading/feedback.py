@@ -58,17 +58,17 @@ def split_hidden(source: str) -> tuple[str, list[str]]:
 
 
 class Redactor:
-    """Replaces, in any text, each line of the hidden tests that the released notebooks do not show."""
+    """Replaces, in any text, each line of the hidden tests that the released notebooks do not show (even in part)."""
 
     def __init__(self, sources: list[NotebookNode], releases: list[NotebookNode], shortest: int = 6):
-        shown = {line.strip() for nb in releases for cell in nb.cells for line in cell.source.splitlines()}
+        shown = "\n".join(cell.source for nb in releases for cell in nb.cells)
         secret: set[str] = set()
         for nb in sources:
             for cell in nb.cells:
                 if nbgrader_meta(cell).get("grade"):
                     secret.update(line.strip() for line in split_hidden(cell.source)[1])
-        self.secret = sorted((line for line in secret if len(line) >= shortest and line not in shown),
-                             key=len, reverse=True)
+        secret = {line for line in secret if len(line) >= shortest and line not in shown}
+        self.secret = sorted(secret | {HIDDEN_BEGIN, HIDDEN_END}, key=len, reverse=True)
 
     def __call__(self, text: str) -> str:
         for line in self.secret:

@@ -413,3 +413,20 @@ def test_find_submissions_in_every_layout(tmp_path: Path) -> None:
     assert "no .ipynb file" in (found[2].error or "") and "not a notebook file" in (found[5].error or "")
     with pytest.raises(FileNotFoundError):
         find_submissions([tmp_path / "nowhere"], ASSIGNMENT, [ASSIGNMENT])
+
+
+def test_validate_passes_the_solution_and_counts_cells_it_could_not_run(tmp_path: Path,
+                                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / f"{ASSIGNMENT}.ipynb"
+    nbformat.write(submission(), path)
+    assert cli.main(["validate", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "7/7 test cells pass (12/12 points)" in out and "ok   test_mha_masks" in out
+    # The kernel dies in the causal-mask answer: later tests are not run, so they do not pass.
+    nbformat.write(submission({"causal_solution": A["causal_solution"] + "\nimport os\nos._exit(1)\n"}), path)
+    assert cli.main(["validate", str(path)]) == 1
+    out = capsys.readouterr().out
+    assert "3/7 test cells pass" in out and "FAIL test_mha_masks (2 points): not run" in out
+    (tmp_path / "bad.ipynb").write_text("{")
+    assert cli.main(["validate", str(tmp_path / "bad.ipynb")]) == 1
+    assert "invalid JSON" in capsys.readouterr().out

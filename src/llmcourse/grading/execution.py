@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import nbformat
+from jupyter_client.kernelspec import KernelSpecManager
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
 from nbformat import NotebookNode
@@ -42,11 +43,14 @@ class ValidationReport:
         total = sum(t.points for t in self.tests)
         ok = sum(t.error is None for t in self.tests)
         lines = [f"{self.notebook}: {ok}/{len(self.tests)} test cells pass ({earned:g}/{total:g} points)"]
-        lines += [f"  FAIL {t.name} ({t.points:g} point{'' if t.points == 1 else 's'}): {t.error}"
-                  for t in self.tests if t.error]
+        for t in self.tests:
+            points = f"{t.points:g} point{'' if t.points == 1 else 's'}"
+            lines.append(f"  FAIL {t.name} ({points}): {t.error}" if t.error else f"  ok   {t.name} ({points})")
         lines += [f"  error in another cell: {message}" for message in self.other_errors]
         if not self.tests:
             lines.append("  no test cells found: is this an exercise notebook from exercises/?")
+        elif self.passed:
+            lines.append("All visible tests pass. Grading also runs hidden tests, so check edge cases too.")
         return "\n".join(lines)
 
 
@@ -72,16 +76,27 @@ def validate_notebook(path: Path, timeout: int = CELL_TIMEOUT_S) -> ValidationRe
     """
     nb = load_notebook(path)
     report = ValidationReport(notebook=path)
+    kernel = nb.metadata.get("kernelspec", {}).get("name") or "python3"
+    if kernel not in KernelSpecManager().find_kernel_specs():
+        kernel = "python3"  # a kernel named in the file but not installed here (e.g. the grader's)
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            cell.outputs = []  # old outputs (errors) must not count
+            cell.execution_count = None  # set again for each cell that runs
     try:
-        kernel = nb.metadata.get("kernelspec", {}).get("name") or "python3"
         _client(nb, path.parent, timeout, allow_errors=True, kernel=kernel).execute()
     except (CellTimeoutError, DeadKernelError) as error:
         report.other_errors.append(f"{type(error).__name__}: {str(error).strip().splitlines()[0]}")
+    except Exception as error:  # the kernel did not start, or died in a way nbclient reports otherwise
+        text = str(error).strip().splitlines()
+        report.other_errors.append(f"{type(error).__name__}: {text[0] if text else 'no message'}")
     for index, cell in enumerate(nb.cells):
         if cell.cell_type != "code":
             continue
         meta = nbgrader_meta(cell)
         error = _error_text(cell)
+        if error is None and cell.get("execution_count") is None and cell.source.strip():
+            error = "not run (the kernel stopped or timed out before this cell)"
         if meta.get("grade") and not meta.get("solution"):
             name = str(meta.get("grade_id", f"cell {index + 1}"))
             report.tests.append(CellCheck(name, float(meta.get("points", 0)), error))

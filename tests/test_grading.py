@@ -430,3 +430,28 @@ def test_validate_passes_the_solution_and_counts_cells_it_could_not_run(tmp_path
     (tmp_path / "bad.ipynb").write_text("{")
     assert cli.main(["validate", str(tmp_path / "bad.ipynb")]) == 1
     assert "invalid JSON" in capsys.readouterr().out
+
+
+def test_command_line_resumes_and_forces(tmp_path: Path) -> None:
+    folder = tmp_path / "submitted" / "alice" / ASSIGNMENT
+    folder.mkdir(parents=True)
+    nbformat.write(submission(BUGS["upper_causal"][0]), folder / f"{ASSIGNMENT}.ipynb")
+    cache, sheet = tmp_path / "cache.jsonl", tmp_path / "grades.csv"
+
+    def run(*extra: str) -> str:
+        done = subprocess.run([sys.executable, "-m", "llmcourse.cli", "grade", ASSIGNMENT, str(tmp_path / "submitted"),
+                               "--cache", str(cache), "--csv", str(sheet), *extra],
+                              cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    assert "1 graded now, 0 unchanged" in run()
+    assert "0 graded now, 1 unchanged" in run()
+    assert "1 graded now, 0 unchanged" in run("--force")
+    rows = list(csv.DictReader(sheet.open()))
+    assert list(rows[0]) == ["student", "submission", "score", "max_score", *TESTS, "error"]
+    assert rows[0]["student"] == "alice" and rows[0]["score"] == "10" and rows[0]["test_causal_mask"] == "0"
+    # A changed submission is graded again.
+    nbformat.write(submission(), folder / f"{ASSIGNMENT}.ipynb")
+    assert "1 graded now, 0 unchanged" in run()
+    assert list(csv.DictReader(sheet.open()))[0]["score"] == "12"

@@ -54,6 +54,7 @@ def cmd_grade(args: argparse.Namespace) -> int:
     import warnings
 
     from .grading import GradingError, SandboxWarning, grade, probe, write_csv
+    from .grading.autograde import test_names
 
     warning = probe().warning()
     if warning:
@@ -69,7 +70,7 @@ def cmd_grade(args: argparse.Namespace) -> int:
     except (GradingError, FileNotFoundError, ValueError) as error:
         return _fail(str(error))
     if args.csv:
-        write_csv(results, args.csv)
+        write_csv(results, args.csv, test_names(args.assignment, args.solutions))
     if args.json:
         print(json.dumps([result.to_json() for result in results], indent=2))
         return 0

@@ -490,15 +490,23 @@ def grade(assignment: str, paths: Sequence[Path], feedback_dir: Path | None = No
     return [results[i] for i in range(len(submissions))]
 
 
-def write_csv(results: Sequence[GradeResult], path: Path) -> Path:
+def test_names(assignment: str, solutions_dir: Path = SOLUTIONS_DIR) -> list[str]:
+    """The graded cells of the assignment, in notebook order (the CSV's test columns)."""
+    return [name for path in sorted(source_folder(assignment, solutions_dir).glob("*.ipynb"))
+            for name, _ in graded_cells(nbformat.read(path, as_version=4))]
+
+
+def write_csv(results: Sequence[GradeResult], path: Path, tests: Sequence[str] = ()) -> Path:
     """Write one row per submission (student, submission, score, max_score, one column per test, error).
 
-    The file is written to a temporary name and renamed, so an interrupted run never leaves a
-    half-written grade sheet.
+    ``tests`` fixes the test columns (give ``test_names(assignment)`` so that the CSVs of
+    several shards have the same header); tests found in the results are added after them.
+    The file is written to a temporary name and renamed, so an interrupted run never leaves
+    a half-written grade sheet.
     """
     import csv
 
-    names: list[str] = []
+    names: list[str] = list(tests)
     for result in results:
         names += [test.name for test in result.tests if test.name not in names]
     path.parent.mkdir(parents=True, exist_ok=True)

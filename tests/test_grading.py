@@ -455,3 +455,16 @@ def test_command_line_resumes_and_forces(tmp_path: Path) -> None:
     nbformat.write(submission(), folder / f"{ASSIGNMENT}.ipynb")
     assert "1 graded now, 0 unchanged" in run()
     assert list(csv.DictReader(sheet.open()))[0]["score"] == "12"
+
+
+def test_parallel_grading_from_a_script_piped_on_stdin(tmp_path: Path) -> None:
+    # Worker processes are started by module name, so a __main__ without a file is fine.
+    for name in ("a", "b"):
+        nbformat.write(submission(), tmp_path / f"{name}.ipynb")
+    script = (f"from pathlib import Path\nfrom llmcourse.grading import grade\n"
+              f"results = grade({ASSIGNMENT!r}, [Path({str(tmp_path)!r})], progress=False, jobs=2)\n"
+              "print([(r.score, r.error) for r in results])\n")
+    done = subprocess.run([sys.executable, "-"], input=script, capture_output=True, text=True, timeout=300,
+                          cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"[({MAX_SCORE}, None), ({MAX_SCORE}, None)]"

@@ -21,3 +21,7 @@ exchange_root().mkdir(parents=True, exist_ok=True)
 c.Exchange.root = str(exchange_root())
 
 apply_grading_settings(c)  # cell timeout 60 s, deleted test cells restored, stderr not a failure
+
+# nbgrader's own `autograde` (and the formgrader's Autograde button) runs submissions in a plain,
+# unsandboxed kernel. Grade work you do not trust with `llmcourse grade`, which runs each notebook
+# in a bubblewrap sandbox with limits (see chapters/appendix/instructor_guide.md).

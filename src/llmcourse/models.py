@@ -217,7 +217,7 @@ CHAR_GPT: dict[str, Any] = {
     "model": {"block_size": 128, "n_layers": 4, "n_heads": 4, "d_model": 128},
     "batch_size": 32,
     "eval_batches": 16,
-    "training": {"max_steps": 600, "warmup_steps": 50, "learning_rate": 2e-3, "eval_every": 100},
+    "training": {"max_steps": 800, "warmup_steps": 50, "learning_rate": 2e-3, "betas": (0.9, 0.99), "eval_every": 100},
 }
 MLM_ENCODER: dict[str, Any] = {
     "model": {"block_size": 48, "n_layers": 4, "n_heads": 4, "d_model": 128},

@@ -24,4 +24,4 @@ apply_grading_settings(c)  # cell timeout 60 s, deleted test cells restored, std
 
 # nbgrader's own `autograde` (and the formgrader's Autograde button) runs submissions in a plain,
 # unsandboxed kernel. Grade work you do not trust with `llmcourse grade`, which runs each notebook
-# in a bubblewrap sandbox with limits (see chapters/appendix/instructor_guide.md).
+# in a bubblewrap sandbox with limits (see the instructor guide, instructor_guide.md).

@@ -24,7 +24,7 @@ import nbformat
 import pytest
 from nbformat import NotebookNode
 
-from llmcourse.grading import EXERCISES_DIR, REPO_ROOT, SOLUTIONS_DIR, GradeResult, grade, probe
+from llmcourse.grading import EXERCISES_DIR, REPO_ROOT, SOLUTIONS_DIR, GradeResult, Limits, grade, probe
 from llmcourse.grading.feedback import split_hidden
 from llmcourse.grading.notebooks import nbgrader_meta
 from llmcourse.grading.sandbox import RUN_MARKER
@@ -378,3 +378,20 @@ def test_unsandboxed_fallback_warns_and_still_grades(tmp_path: Path) -> None:
     assert rows["daemon"]["score"] == MAX_SCORE and rows["daemon"]["error"] is None
     if SUPPORT.cgroups:  # the daemon cleared its environment: only its cgroup finds it
         assert leftover_processes() == []
+
+
+def test_model_cache_is_mounted_without_grades_or_submissions(tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    from llmcourse.grading.sandbox import MODEL_CACHE_IN_SANDBOX, bwrap_args
+
+    for name in ("gpt_tiny", "grading", "nbgrader-exchange"):
+        (tmp_path / name).mkdir()
+    monkeypatch.setenv("LLMCOURSE_CACHE", str(tmp_path))
+    args = bwrap_args(tmp_path / "work", tmp_path / "run", Limits())
+    mounts = {args[i + 1]: args[i + 2] for i, arg in enumerate(args) if arg in {"--ro-bind", "--bind"}}
+    assert mounts[str(tmp_path / "gpt_tiny")] == f"{MODEL_CACHE_IN_SANDBOX}/gpt_tiny"
+    assert str(tmp_path / "grading") not in mounts and str(tmp_path / "nbgrader-exchange") not in mounts
+    assert not any(str(SOLUTIONS_DIR) == source or str(REPO_ROOT) == source for source in mounts)
+    assert mounts[str(tmp_path / "work")] == str(tmp_path / "work")  # the only writable folders
+    assert [args[i + 1] for i, arg in enumerate(args) if arg == "--bind"] == [str(tmp_path / "run"),
+                                                                               str(tmp_path / "work")]

@@ -4,7 +4,7 @@ Each grading course has one ``KernelSandbox``. Before each kernel starts, ``prep
 the submission's own working copy, its cgroups and the plan that ``kernel_wrapper.py`` (the
 kernelspec's command) follows; ``finish`` ends whatever the kernel left running and removes
 all of it. What is isolated, and what is not, is listed in the instructor guide
-(``chapters/appendix/instructor_guide.md``, "What the sandbox isolates").
+(``instructor_guide.md``, "The sandbox: what is isolated and what is not").
 
 With bubblewrap (``bwrap``) the kernel runs in new user (uid 1000, no capabilities), pid,
 network (loopback only), ipc, uts and cgroup namespaces, with an empty environment, ``/usr``
@@ -132,6 +132,27 @@ def _root_links() -> list[str]:
     return args
 
 
+MODEL_CACHE_IN_SANDBOX = "/opt/llmcourse-models"
+PRIVATE_CACHE_FOLDERS = {"grading", "nbgrader-exchange"}  # grades and submissions: never mounted
+
+
+def model_cache() -> Path:
+    """The course's model cache (as ``llmcourse.models.cache_dir``): ``$LLMCOURSE_CACHE`` or ``~/.cache/llmcourse``."""
+    return Path(os.environ.get("LLMCOURSE_CACHE") or Path.home() / ".cache" / "llmcourse").expanduser()
+
+
+def _model_cache_binds() -> list[str]:
+    # The course's pretrained models, read-only; not the grading results nor the exchange beside them.
+    cache = model_cache()
+    if not cache.is_dir():
+        return []
+    args = ["--dir", MODEL_CACHE_IN_SANDBOX]
+    for entry in sorted(cache.iterdir()):
+        if entry.is_dir() and not entry.is_symlink() and entry.name not in PRIVATE_CACHE_FOLDERS:
+            args += ["--ro-bind", str(entry), f"{MODEL_CACHE_IN_SANDBOX}/{entry.name}"]
+    return args
+
+
 def bwrap_args(workdir: Path, socket_dir: Path, limits: Limits) -> list[str]:
     """bubblewrap's options for a kernel working in ``workdir`` and talking through ``socket_dir``."""
     args = [
@@ -145,6 +166,7 @@ def bwrap_args(workdir: Path, socket_dir: Path, limits: Limits) -> list[str]:
     ]
     for path in interpreter_paths():
         args += ["--ro-bind", str(path), str(path)]
+    args += _model_cache_binds()
     args += ["--bind", str(socket_dir), str(socket_dir), "--bind", str(workdir), str(workdir),
              "--chdir", str(workdir)]
     return args
@@ -226,8 +248,9 @@ class KernelRun:
     marker: str
 
 
-def _kernel_env(home: str, threads: int, marker: str) -> dict[str, str]:
+def _kernel_env(home: str, threads: int, marker: str, models: str) -> dict[str, str]:
     return {
+        "LLMCOURSE_CACHE": models,
         "PATH": f"{Path(sys.executable).parent}:/usr/local/bin:/usr/bin:/bin",
         "HOME": home, "LANG": "C.UTF-8", "TMPDIR": "/tmp",
         "MPLBACKEND": "agg", "MPLCONFIGDIR": f"{home}/.matplotlib", "IPYTHONDIR": f"{home}/.ipython",
@@ -285,7 +308,8 @@ class KernelSandbox:
             "socket_dir": str(self.socket_dir),
             "log": str(self.log_path),
             "kernel_argv": kernel_command(),
-            "env": _kernel_env("/tmp" if sandboxed else str(workdir), self.threads, marker),
+            "env": _kernel_env("/tmp" if sandboxed else str(workdir), self.threads, marker,
+                               MODEL_CACHE_IN_SANDBOX if sandboxed else str(model_cache())),
             "limits": {"address_space": self.limits.address_space_bytes, "file_size": self.limits.file_size_bytes,
                        "core": 0, "open_files": self.limits.open_files},
             "cgroups": [str(path) for path in cgroups.values()],

@@ -37,9 +37,10 @@ $(STAMP): requirements.txt pyproject.toml
 book: $(STAMP)
 	$(PY) -m llmcourse.book build
 
-# bubblewrap, the grader's sandbox: installed with apt-get when root and missing (see the script).
+# bubblewrap (the grader's sandbox) and chromium (the browser test): installed with apt-get
+# when root and missing; elsewhere the script says what to ask for (see the script).
 system-deps:
-	@sh scripts/system_deps.sh
+	@sh scripts/system_deps.sh sandbox browser
 
 test: $(STAMP) system-deps
 	$(PY) -m pytest --nbval --nbval-sanitize-with tests/nbval_sanitize.cfg -ra $(PYTEST_ARGS)
@@ -53,7 +54,8 @@ release: $(STAMP)
 A ?= ex02_attention
 S ?= submitted
 JOBS ?= 2
-grade: $(STAMP) system-deps
+grade: $(STAMP)
+	@sh scripts/system_deps.sh sandbox
 	$(PY) -m llmcourse.cli grade $(A) $(S) --jobs $(JOBS)
 
 outputs: $(STAMP)

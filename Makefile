@@ -43,7 +43,7 @@ system-deps:
 	@sh scripts/system_deps.sh sandbox browser
 
 test: $(STAMP) system-deps
-	$(PY) -m pytest --nbval --nbval-sanitize-with tests/nbval_sanitize.cfg -ra $(PYTEST_ARGS)
+	$(PY) -m pytest --nbval --nbval-sanitize-with tests/nbval_sanitize.cfg -ra --durations=15 $(PYTEST_ARGS)
 
 lab: $(STAMP)
 	$(PY) -m llmcourse.cli lab

@@ -17,6 +17,7 @@ from pathlib import Path
 import nbformat
 import pytest
 from nbformat import NotebookNode
+from scoring import failed, score_checker
 
 from llmcourse import cli
 from llmcourse.grading import EXERCISES_DIR, REPO_ROOT, SOLUTIONS_DIR, GradeResult, find_submissions, grade
@@ -219,19 +220,7 @@ def graded(tmp_path_factory: pytest.TempPathFactory) -> dict[str, GradeResult]:
     return by_name
 
 
-def failed(result: GradeResult) -> set[str]:
-    return {test.name for test in result.tests if not test.passed}
-
-
-def check_scores(result: GradeResult, failing: set[str]) -> None:
-    assert result.error is None, result.error
-    assert [test.name for test in result.tests] == TESTS
-    assert failed(result) == failing
-    for test in result.tests:
-        assert test.max_score == POINTS[test.name]
-        assert test.score == (0 if test.name in failing else POINTS[test.name])
-    assert result.score == MAX_SCORE - sum(POINTS[name] for name in failing)
-    assert result.max_score == MAX_SCORE
+check_scores = score_checker(POINTS)
 
 
 # --- the tests ------------------------------------------------------------------------------

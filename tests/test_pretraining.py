@@ -117,13 +117,14 @@ def within(count: int, n: int, p: float, sigmas: float = 4.5) -> bool:
 
 
 def test_mask_tokens_follows_bert_80_10_10() -> None:
-    vocab_size, special = 50, SpecialTokens(pad=0, cls=1, sep=2, mask=3)
+    vocab_size, special = 50, SpecialTokens(pad=0, cls=1, sep=2, mask=3, unk=4)
     generator = torch.Generator().manual_seed(0)
-    ids = torch.randint(4, vocab_size, (500, 400), generator=generator)
+    ids = torch.randint(5, vocab_size, (500, 400), generator=generator)
     ids[:, 0], ids[:, 200], ids[:, -1] = special.cls, special.sep, special.sep
     ids[::3, -50:] = special.pad
+    ids[::7, 100:110] = special.unk
     inputs, labels = mask_tokens(ids, special.mask, vocab_size, special, generator=torch.Generator().manual_seed(1))
-    is_special = ids < 4
+    is_special = ids < 5
     selected = labels != IGNORE_INDEX
     n_ordinary, n_selected = int((~is_special).sum()), int(selected.sum())
     assert within(n_selected, n_ordinary, 0.15)
@@ -132,13 +133,13 @@ def test_mask_tokens_follows_bert_80_10_10() -> None:
     masked = int((inputs[selected] == special.mask).sum())
     unchanged = int((inputs[selected] == ids[selected]).sum())
     replaced = n_selected - masked - unchanged
-    n_ordinary_ids = vocab_size - 4  # a random replacement can draw the original token: 1 in 46
+    n_ordinary_ids = vocab_size - 5  # a random replacement can draw the original token: 1 in 45
     assert within(masked, n_selected, 0.8)
     assert within(replaced, n_selected, 0.1 * (1 - 1 / n_ordinary_ids))
     assert within(unchanged, n_selected, 0.1 + 0.1 / n_ordinary_ids)
     random_tokens = inputs[selected & (inputs != special.mask) & (inputs != ids)]
-    assert random_tokens.min() >= 4  # never a special token
-    counts = torch.bincount(random_tokens - 4, minlength=n_ordinary_ids)
+    assert random_tokens.min() >= 5  # never a special token
+    counts = torch.bincount(random_tokens - 5, minlength=n_ordinary_ids)
     assert all(within(int(c), len(random_tokens), 1 / n_ordinary_ids) for c in counts)  # uniform
     again = mask_tokens(ids, special.mask, vocab_size, special, generator=torch.Generator().manual_seed(1))
     assert torch.equal(again[0], inputs) and torch.equal(again[1], labels)
@@ -148,7 +149,7 @@ def test_masked_lm_loss_is_mean_negative_log_likelihood_of_masked_tokens() -> No
     generator = torch.Generator().manual_seed(0)
     logits = torch.randn(4, 9, 30, generator=generator, dtype=torch.float64)
     original = torch.randint(4, 30, (4, 9), generator=generator)
-    _, labels = mask_tokens(original, 3, 30, (0, 1, 2, 3), mask_prob=0.3, generator=generator)
+    _, labels = mask_tokens(original, 3, 30, (0, 1, 2, 3, 4), mask_prob=0.3, generator=generator)
     log_probs = logits.log_softmax(-1)
     positions = (labels != IGNORE_INDEX).nonzero().tolist()
     assert len(positions) > 3
@@ -183,7 +184,7 @@ def test_nsp_pairs_are_balanced_consecutive_and_split_by_play(three_plays) -> No
 
 
 def test_encode_pair_and_pair_batches() -> None:
-    special = SpecialTokens(pad=0, cls=1, sep=2, mask=3)
+    special = SpecialTokens(pad=0, cls=1, sep=2, mask=3, unk=4)
     ids, segments = encode_pair([10, 11, 12, 13, 14, 15], [20, 21], special, max_length=8)
     assert ids == [1, 10, 11, 12, 2, 20, 21, 2] and segments == [0, 0, 0, 0, 0, 1, 1, 1]
     examples = [encode_pair([10 + i] * (i + 1), [20] * 3, special, 16) + (i % 2,) for i in range(10)]
@@ -202,6 +203,7 @@ def test_add_special_tokens_is_idempotent() -> None:
     tokenizer = WordTokenizer("to be or not to be")
     special = add_special_tokens(tokenizer)
     assert add_special_tokens(tokenizer) == special and tokenizer.itos[special.mask] == "[MASK]"
+    assert special.unk == 0 and tokenizer.itos[0] == "<unk>"
     assert tokenizer.vocab_size == 5 + 4
 
 
@@ -272,7 +274,7 @@ def test_lm_batches_are_windows_of_the_stream() -> None:
 def test_mlm_and_nsp_losses_run_on_an_encoder() -> None:
     torch.manual_seed(0)
     model = MLMEncoder(EncoderConfig(vocab_size=30, block_size=16, n_layers=1, n_heads=2, d_model=16))
-    special = SpecialTokens(pad=0, cls=1, sep=2, mask=3)
+    special = SpecialTokens(pad=0, cls=1, sep=2, mask=3, unk=4)
     examples = [encode_pair([5 + i, 6, 7], [8, 9 + i], special, 16) + (i % 2,) for i in range(8)]
     batch = next(pair_batches(examples, 8, special, 30, mask_prob=0.5))
     for loss_fn in (mlm_loss, nsp_loss, bert_loss):

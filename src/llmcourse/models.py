@@ -222,7 +222,7 @@ CHAR_GPT: dict[str, Any] = {
 MLM_ENCODER: dict[str, Any] = {
     "model": {"block_size": 48, "n_layers": 4, "n_heads": 4, "d_model": 128},
     "batch_size": 64,
-    "corpus": {"n_train": None, "n_val": 4096},
+    "corpus": {"n_train": None, "n_val": 4096, "min_count": 10},
     "training": {"max_steps": 600, "warmup_steps": 50, "learning_rate": 2e-3, "eval_every": 100},
 }
 

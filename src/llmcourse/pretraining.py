@@ -186,21 +186,22 @@ def bert_loss(model: nn.Module, batch: Batch) -> Tensor:
 
 
 class SpecialTokens(NamedTuple):
-    """Ids of the four tokens an encoder needs beyond the words."""
+    """Ids of the tokens that are not words: never masked, never a masked-LM target."""
 
     pad: int
     cls: int
     sep: int
     mask: int
+    unk: int  # guessing "some rare word" teaches nothing, so <unk> is never a target either
 
 
 def add_special_tokens(tokenizer: Any) -> SpecialTokens:
-    """Append ``[PAD] [CLS] [SEP] [MASK]`` to a tokenizer with ``itos`` / ``stoi`` (char or word); idempotent."""
+    """Append ``[PAD] [CLS] [SEP] [MASK]`` to a tokenizer with ``itos`` / ``stoi`` and ``<unk>`` at 0; idempotent."""
     for token in ("[PAD]", "[CLS]", "[SEP]", "[MASK]"):
         if token not in tokenizer.stoi:
             tokenizer.stoi[token] = len(tokenizer.itos)
             tokenizer.itos.append(token)
-    return SpecialTokens(*(tokenizer.stoi[t] for t in ("[PAD]", "[CLS]", "[SEP]", "[MASK]")))
+    return SpecialTokens(*(tokenizer.stoi[t] for t in ("[PAD]", "[CLS]", "[SEP]", "[MASK]", "<unk>")))
 
 
 @dataclass(frozen=True)

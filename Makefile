@@ -42,8 +42,12 @@ book: $(STAMP)
 system-deps:
 	@sh scripts/system_deps.sh sandbox browser
 
+# Two workers (pytest-xdist); --dist loadscope keeps each notebook's cells in order on one worker.
+# The course's small models are trained once, before the workers start, if the cache lacks them.
+WORKERS ?= 2
 test: $(STAMP) system-deps
-	$(PY) -m pytest --nbval --nbval-sanitize-with tests/nbval_sanitize.cfg -ra --durations=15 $(PYTEST_ARGS)
+	$(PY) -m pytest --nbval --nbval-sanitize-with tests/nbval_sanitize.cfg -ra --durations=15 \
+		-n $(WORKERS) --dist loadscope --warm-course-models $(PYTEST_ARGS)
 
 lab: $(STAMP)
 	$(PY) -m llmcourse.cli lab

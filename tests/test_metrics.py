@@ -157,6 +157,20 @@ def test_perplexity_of_nothing_is_an_error() -> None:
         metrics.perplexity_from_logits(torch.zeros(4, 5), torch.full((4,), -100))
 
 
+def test_distinct_n_by_hand() -> None:
+    words = ["the cat sat on the mat".split(), "the cat ran".split()]
+    # unigrams: the cat sat on the mat the cat ran -> 9, of which the, cat, sat, on, mat, ran differ: 6
+    assert metrics.distinct_n(words, 1) == 6 / 9
+    # bigrams: (the cat) (cat sat) (sat on) (on the) (the mat) (the cat) (cat ran) -> 7, 6 different
+    assert metrics.distinct_n(words, 2) == 6 / 7
+    assert metrics.distinct_n(["abab"], 2) == 2 / 3  # strings give character n-grams: ab ba ab
+    assert metrics.distinct_n(["abc", "abc"], 1) == 0.5  # repeating a text halves it
+    with pytest.raises(ValueError, match="undefined"):
+        metrics.distinct_n(["ab"], 3)
+    with pytest.raises(ValueError, match="n must"):
+        metrics.distinct_n(["ab"], 0)
+
+
 # --------------------------------------------------------------------------------------------
 # BLEU against sacrebleu
 # --------------------------------------------------------------------------------------------

@@ -7,6 +7,9 @@ A query whose row is entirely False attends to nothing: its weights and output a
 Two paths compute the same thing. The readable one spells out
 ``softmax(Q K^T / sqrt(d_k)) V`` and returns the weights, for teaching and plots. The fast
 one calls PyTorch's fused kernel (flash / memory-efficient attention where available).
+
+``KVCache`` keeps the keys and values of past positions while a decoder generates text one
+token at a time, so each new token costs one position's work instead of the whole prefix's.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ __all__ = [
     "causal_mask",
     "padding_mask",
     "combine_masks",
+    "LayerKVCache",
+    "KVCache",
     "MultiHeadAttention",
 ]
 
@@ -69,14 +74,17 @@ def scaled_dot_product_attention(
     return weights @ v, weights
 
 
-def causal_mask(size: int, key_size: int | None = None, device: torch.device | str | None = None) -> Tensor:
+def causal_mask(
+    size: int, key_size: int | None = None, device: torch.device | str | None = None, offset: int = 0
+) -> Tensor:
     """Bool (size, key_size) mask, True on and below the diagonal: position t sees 0..t only.
 
     ``key_size`` defaults to ``size``; when it differs the mask is aligned top-left, as
-    PyTorch's ``is_causal=True`` is.
+    PyTorch's ``is_causal=True`` is. ``offset`` shifts the diagonal right: query i sees keys
+    0..i+offset, the mask of queries that come after ``offset`` cached positions.
     """
     key_size = size if key_size is None else key_size
-    return torch.ones(size, key_size, dtype=torch.bool, device=device).tril()
+    return torch.ones(size, key_size, dtype=torch.bool, device=device).tril(offset)
 
 
 def padding_mask(attention_mask: Tensor) -> Tensor:
@@ -93,6 +101,73 @@ def combine_masks(*masks: Tensor | None) -> Tensor | None:
         if mask is not None:
             result = mask if result is None else result & mask
     return result
+
+
+class LayerKVCache:
+    """One attention layer's past keys and values, (B, n_heads, max_length, d_head) buffers filled left to right.
+
+    The buffers are allocated once: appending a position is a copy into the next free slot,
+    with no reallocation as the sequence grows (``torch.cat`` would copy the whole past each step).
+    """
+
+    def __init__(self, keys: Tensor, values: Tensor) -> None:
+        self.keys = keys  # (B, h, max_length, d_head)
+        self.values = values
+        self.length = 0  # positions filled so far
+
+    def update(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Append new keys/values (B, h, T_new, d_head); return all of them so far, (B, h, length, d_head) views."""
+        start, end = self.length, self.length + k.shape[-2]
+        if end > self.keys.shape[-2]:
+            raise ValueError(
+                f"the cache holds {self.keys.shape[-2]} positions and is full; "
+                "create a larger one (max_length=) or start a new one"
+            )
+        self.keys[:, :, start:end] = k
+        self.values[:, :, start:end] = v
+        self.length = end
+        return self.keys[:, :, :end], self.values[:, :, :end]
+
+
+class KVCache:
+    """Past keys and values of every layer of a decoder: ``layers[i]`` is handed to block ``i``.
+
+    Memory: ``2 * n_layers * batch * max_length * d_model`` numbers (keys and values), whatever
+    the number of heads; ``nbytes`` gives it in bytes.
+    """
+
+    def __init__(
+        self,
+        n_layers: int,
+        batch_size: int,
+        n_heads: int,
+        d_head: int,
+        max_length: int,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str | None = None,
+    ) -> None:
+        shape = (batch_size, n_heads, max_length, d_head)
+        self.layers = [
+            LayerKVCache(torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device))
+            for _ in range(n_layers)
+        ]
+        self.max_length = max_length
+
+    @property
+    def length(self) -> int:
+        """How many positions are stored (the same in every layer after a full forward pass)."""
+        return self.layers[0].length
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the key and value buffers."""
+        return sum(layer.keys.nbytes + layer.values.nbytes for layer in self.layers)
+
+    def reorder(self, indices: Tensor) -> None:
+        """Keep batch rows ``indices`` (B_new,), in that order: beam search follows its surviving beams."""
+        for layer in self.layers:
+            layer.keys = layer.keys.index_select(0, indices)
+            layer.values = layer.values.index_select(0, indices)
 
 
 class MultiHeadAttention(nn.Module):
@@ -133,18 +208,30 @@ class MultiHeadAttention(nn.Module):
         mask: Tensor | None = None,
         is_causal: bool = False,
         need_weights: bool = False,
+        cache: LayerKVCache | None = None,
     ) -> Tensor | tuple[Tensor, Tensor]:
         """Attend from ``query`` (B, T_q, d) to ``key``/``value`` (B, T_k, d); self-attention if omitted.
 
         ``mask`` broadcasts to (B, n_heads, T_q, T_k), True = may attend; ``is_causal`` adds the
         look-ahead mask. With ``need_weights`` the readable path runs and the per-head weights
         (B, n_heads, T_q, T_k) are returned too; otherwise the fused kernel runs.
+
+        With a ``cache`` the new keys and values are appended to it and the queries attend to
+        every stored position: T_k becomes the cache's length, and the queries are taken to be the
+        last T_q positions (a causal mask is aligned on the right, query i at position past + i).
         """
         key = query if key is None else key
         value = key if value is None else value
         q = self.split_heads(self.w_q(query))  # (B, h, T_q, d_head)
         k = self.split_heads(self.w_k(key))  # (B, h, T_k, d_head)
         v = self.split_heads(self.w_v(value))  # (B, h, T_k, d_head)
+        if cache is not None:
+            past = cache.length
+            k, v = cache.update(k, v)  # (B, h, past + T_k, d_head)
+            if is_causal and past > 0:
+                is_causal = False
+                if q.shape[-2] > 1:  # one new query sees every key: no mask at all, the fast case
+                    mask = combine_masks(mask, causal_mask(q.shape[-2], k.shape[-2], q.device, offset=past))
         dropout_p = self.dropout if self.training else 0.0
         if need_weights:
             full_mask = mask

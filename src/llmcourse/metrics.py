@@ -19,6 +19,8 @@ that on tricky and random inputs. Every metric has a way to mislead, and chapter
   subsequence, ROUGE-L) found in the hypothesis. Copying the source text, or just writing
   more, raises recall; a summary that pastes the input wholesale scores well without
   summarising anything. Look at precision and F-measure too, and at the length.
+* **Distinct-n** (Li et al., 2016), the share of n-grams in a set of generated texts that are
+  different, measures variety, not quality: random characters score almost 1.
 * **Accuracy** on unbalanced classes: when 95 % of the examples are of one class, always
   predicting that class scores 95 %. Macro-averaged F1 (every class counts the same) and the
   confusion matrix show what accuracy hides.
@@ -43,6 +45,7 @@ import torch
 __all__ = [
     "perplexity",
     "perplexity_from_logits",
+    "distinct_n",
     "tokenize_13a",
     "brevity_penalty",
     "BleuScore",
@@ -82,6 +85,20 @@ def perplexity_from_logits(logits: torch.Tensor, targets: torch.Tensor, ignore_i
     log_probs = torch.log_softmax(logits[kept], dim=-1)  # (K, V)
     target_log_probs = log_probs.gather(1, targets[kept].unsqueeze(1))  # (K, 1)
     return perplexity(-target_log_probs.mean().item())
+
+
+def distinct_n(texts: Sequence[Sequence[Hashable]], n: int) -> float:
+    """Distinct-n: different n-grams / all n-grams, pooled over ``texts`` (each a sequence of tokens).
+
+    A string is a sequence of characters, so a list of strings gives character n-grams; pass
+    ``[text.split() for text in texts]`` for word n-grams. 1 means no n-gram repeats anywhere.
+    """
+    if n < 1:
+        raise ValueError(f"n must be at least 1, got {n}")
+    grams = [tuple(text[i : i + n]) for text in texts for i in range(len(text) - n + 1)]
+    if not grams:
+        raise ValueError(f"the texts hold no {n}-gram: distinct-{n} is undefined")
+    return len(set(grams)) / len(grams)
 
 
 # --------------------------------------------------------------------------------------------

@@ -20,13 +20,13 @@ import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from llmcourse.attention import MultiHeadAttention, padding_mask
+from llmcourse import generation
+from llmcourse.attention import KVCache, LayerKVCache, MultiHeadAttention, padding_mask
 
 __all__ = [
     "FeedForward",
@@ -86,19 +86,25 @@ class TransformerBlock(nn.Module):
         self.norm2 = nn.LayerNorm(d_model, eps=layer_norm_eps, bias=bias)
         self.dropout = nn.Dropout(dropout)  # on each sublayer's output, before it joins the residual
 
-    def _self_attention(self, x: Tensor, mask: Tensor | None, is_causal: bool) -> Tensor:
-        return self.dropout(self.attn(x, mask=mask, is_causal=is_causal))
+    def _self_attention(self, x: Tensor, mask: Tensor | None, is_causal: bool, cache: LayerKVCache | None) -> Tensor:
+        return self.dropout(self.attn(x, mask=mask, is_causal=is_causal, cache=cache))
 
     def _feed_forward(self, x: Tensor) -> Tensor:
         return self.dropout(self.ffn(x))
 
-    def forward(self, x: Tensor, mask: Tensor | None = None, is_causal: bool = False) -> Tensor:
-        """(B, T, d_model) -> (B, T, d_model). ``mask``: bool, True = may attend, broadcast to (B, h, T, T)."""
+    def forward(
+        self, x: Tensor, mask: Tensor | None = None, is_causal: bool = False, cache: LayerKVCache | None = None
+    ) -> Tensor:
+        """(B, T, d_model) -> (B, T, d_model). ``mask``: bool, True = may attend, broadcast to (B, h, T, T).
+
+        With a ``cache`` (decoding), x holds only the new positions; their keys and values are
+        appended to the cache and attention looks at every cached position.
+        """
         if self.norm_first:
-            x = x + self._self_attention(self.norm1(x), mask, is_causal)
+            x = x + self._self_attention(self.norm1(x), mask, is_causal, cache)
             x = x + self._feed_forward(self.norm2(x))
         else:
-            x = self.norm1(x + self._self_attention(x, mask, is_causal))
+            x = self.norm1(x + self._self_attention(x, mask, is_causal, cache))
             x = self.norm2(x + self._feed_forward(x))
         return x
 
@@ -278,6 +284,8 @@ class GPT(_Checkpointable):
     """Decoder-only language model: token + position embeddings, causal pre-LN blocks, final LayerNorm, LM head.
 
     ``forward(input_ids)`` returns next-token logits; the loss lives in ``llmcourse.pretraining``.
+    With a ``KVCache`` from ``new_cache`` the forward pass takes only the new tokens and reuses
+    the keys and values of the earlier ones (``llmcourse.generation`` decodes that way).
     """
 
     config_class = GPTConfig
@@ -296,18 +304,37 @@ class GPT(_Checkpointable):
             self.lm_head.weight = self.token_embedding.weight
         _init_weights(self, self.blocks)
 
-    def forward(self, input_ids: Tensor) -> Tensor:
-        """(B, T) token ids -> (B, T, vocab_size) logits; position t sees tokens 0..t only."""
-        length = input_ids.shape[1]
+    def forward(self, input_ids: Tensor, cache: KVCache | None = None, last_only: bool = False) -> Tensor:
+        """(B, T) token ids -> (B, T, vocab_size) logits; position t sees tokens 0..t only.
+
+        With a ``cache`` holding P earlier positions, ``input_ids`` are the next T tokens (positions
+        P..P+T-1) and the logits are theirs. ``last_only`` scores the last position only,
+        (B, 1, vocab_size): all that decoding needs, and the output layer is the costliest one.
+        """
+        past = 0 if cache is None else cache.length
+        length = past + input_ids.shape[1]
         if length > self.config.block_size:
             raise ValueError(f"sequence of length {length} is longer than block_size={self.config.block_size}")
-        positions = torch.arange(length, device=input_ids.device)  # (T,)
+        positions = torch.arange(past, length, device=input_ids.device)  # (T,)
         x = self.dropout(self.token_embedding(input_ids) + self.position_embedding(positions))  # (B, T, d)
-        for block in self.blocks:
-            x = block(x, is_causal=True)
+        if cache is None:
+            for block in self.blocks:
+                x = block(x, is_causal=True)
+        else:
+            for block, layer_cache in zip(self.blocks, cache.layers):
+                x = block(x, is_causal=True, cache=layer_cache)
+        if last_only:
+            x = x[:, -1:]  # (B, 1, d)
         return self.lm_head(self.norm(x))  # (B, T, vocab_size)
 
-    @torch.no_grad()
+    def new_cache(self, batch_size: int, max_length: int | None = None) -> KVCache:
+        """An empty key/value cache for ``batch_size`` sequences of up to ``max_length`` (default block_size) tokens."""
+        config = self.config
+        max_length = config.block_size if max_length is None else min(max_length, config.block_size)
+        weight = self.token_embedding.weight
+        return KVCache(config.n_layers, batch_size, config.n_heads, config.d_model // config.n_heads, max_length,
+                       dtype=weight.dtype, device=weight.device)
+
     def generate(
         self,
         input_ids: Tensor,
@@ -315,22 +342,15 @@ class GPT(_Checkpointable):
         temperature: float = 1.0,
         top_k: int | None = None,
         generator: torch.Generator | None = None,
+        **options: Any,
     ) -> Tensor:
-        """Append ``max_new_tokens`` sampled tokens to (B, T) ``input_ids``; temperature 0 is greedy."""
-        for _ in range(max_new_tokens):
-            context = input_ids[:, -self.config.block_size :]  # the model cannot see further back
-            logits = self(context)[:, -1].float()  # (B, vocab_size)
-            if temperature == 0:
-                next_id = logits.argmax(dim=-1, keepdim=True)
-            else:
-                logits = logits / temperature
-                if top_k is not None:
-                    kth = logits.topk(min(top_k, logits.shape[-1])).values[:, -1:]  # (B, 1)
-                    logits = logits.masked_fill(logits < kth, float("-inf"))
-                probs = F.softmax(logits, dim=-1)
-                next_id = torch.multinomial(probs, 1, generator=generator)  # (B, 1)
-            input_ids = torch.cat([input_ids, next_id], dim=1)
-        return input_ids
+        """Append up to ``max_new_tokens`` tokens to (B, T) ``input_ids``; temperature 0 is greedy.
+
+        A shortcut for ``llmcourse.generation.generate(self, ...)``, which lists the other
+        ``options`` (top_p, repetition_penalty, stop tokens and strings, use_cache).
+        """
+        return generation.generate(self, input_ids, max_new_tokens, temperature=temperature, top_k=top_k,
+                        generator=generator, **options)
 
     @classmethod
     def from_hf_gpt2(cls, source: nn.Module | Mapping[str, Tensor], n_heads: int | None = None) -> GPT:

@@ -193,3 +193,49 @@ def test_attention_with_a_cache_equals_attention_over_the_whole_sequence(need_we
             pieces.append(out)
     assert cache.length == 9
     torch.testing.assert_close(torch.cat(pieces, dim=1), expected, atol=1e-12, rtol=1e-12)
+
+
+def test_fused_self_attention_projection_equals_three_separate_ones() -> None:
+    """Training self-attention fuses w_q, w_k, w_v into one product: same outputs and gradients."""
+    torch.manual_seed(0)
+    mha = MultiHeadAttention(32, 4)
+    x = torch.randn(2, 7, 32, dtype=torch.float64)
+    mha = mha.double()
+    assert mha._plain_projections()
+    fused = mha(x, is_causal=True)
+    fused.square().sum().backward()
+    fused_grads = [p.grad.clone() for p in mha.parameters()]
+    mha.zero_grad()
+    handle = mha.w_q.register_forward_hook(lambda *args: None)  # a hook must run: the separate path
+    assert not mha._plain_projections()
+    separate = mha(x, is_causal=True)
+    separate.square().sum().backward()
+    handle.remove()
+    torch.testing.assert_close(fused, separate)
+    for fused_grad, parameter in zip(fused_grads, mha.parameters()):
+        torch.testing.assert_close(fused_grad, parameter.grad)
+
+
+def test_wrapped_projection_is_never_fused() -> None:
+    class Scaled(nn.Module):  # stands for a LoRA wrapper: computes more than its weight
+        def __init__(self, linear: nn.Linear) -> None:
+            super().__init__()
+            self.linear, self.weight, self.bias = linear, linear.weight, linear.bias
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return 2 * self.linear(x)
+
+    torch.manual_seed(0)
+    mha = MultiHeadAttention(16, 2)
+    x = torch.randn(1, 5, 16)
+    with torch.no_grad():
+        expected_q = 2 * mha.w_q(x)
+    mha.w_q = Scaled(mha.w_q)
+    assert not mha._plain_projections()
+    _, weights = mha(x, need_weights=True)
+    out = mha(x)  # grad enabled, self-attention: would be fused if the wrapper were ignored
+    q = mha.split_heads(expected_q)
+    k = mha.split_heads(mha.w_k(x))
+    manual = torch.softmax(q @ k.transpose(-2, -1) / 2**1.5, dim=-1)
+    torch.testing.assert_close(weights, manual)
+    torch.testing.assert_close(out, mha.w_o(mha.merge_heads(manual @ mha.split_heads(mha.w_v(x)))))

@@ -10,34 +10,19 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from benchmarks.grading import autograde_seconds_per_submission
+from benchmarks.timing import alternate
+from benchmarks.training import gpt_train_speed_vs_hf
 from llmcourse.attention import MultiHeadAttention
 from llmcourse.device import pick_device
 
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def alternate(a: Callable[[], None], b: Callable[[], None], repeats: int, warmup: int = 3) -> tuple[float, float]:
-    """Median seconds of ``a`` and ``b``, timed in alternation so drift hits both alike."""
-    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
-    for _ in range(warmup):
-        a(), b()
-    times_a, times_b = [], []
-    for _ in range(repeats):
-        for fn, store in ((a, times_a), (b, times_b)):
-            sync()
-            start = time.perf_counter()
-            fn()
-            sync()
-            store.append(time.perf_counter() - start)
-    return statistics.median(times_a), statistics.median(times_b)
 
 
 def attention_time_vs_torch(repeats: int) -> dict[str, float]:
@@ -138,9 +123,11 @@ def generate_speed_vs_hf(repeats: int) -> dict[str, float]:
 
 
 BENCHMARKS: dict[str, Callable[[int], dict[str, float]]] = {
+    "gpt_train_speed_vs_hf": gpt_train_speed_vs_hf,
     "attention_time_vs_torch": attention_time_vs_torch,
     "kv_cache_speedup": kv_cache_speedup,
     "generate_speed_vs_hf": generate_speed_vs_hf,
+    "autograde_seconds_per_submission": autograde_seconds_per_submission,
 }
 
 

@@ -25,7 +25,7 @@ def gpt_train_speed_vs_hf(repeats: int) -> dict[str, float]:
     torch.manual_seed(0)
     hf = GPT2LMHeadModel(GPT2Config(
         vocab_size=VOCAB, n_positions=BLOCK, n_embd=WIDTH, n_layer=LAYERS, n_head=HEADS,
-        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, activation_function="gelu_new",
+        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, activation_function="gelu_new", bos_token_id=0, eos_token_id=0,
     )).to(device)
     ours = GPT.from_hf_gpt2(hf).to(device)  # the same weights: gelu_approximate="tanh"
     assert ours.config == GPTConfig(vocab_size=VOCAB, block_size=BLOCK, n_layers=LAYERS, n_heads=HEADS,

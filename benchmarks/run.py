@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from benchmarks.finetuning import lora_vs_full
 from benchmarks.grading import autograde_seconds_per_submission
 from benchmarks.timing import alternate
 from benchmarks.training import gpt_train_speed_vs_hf
@@ -127,6 +128,7 @@ BENCHMARKS: dict[str, Callable[[int], dict[str, float]]] = {
     "attention_time_vs_torch": attention_time_vs_torch,
     "kv_cache_speedup": kv_cache_speedup,
     "generate_speed_vs_hf": generate_speed_vs_hf,
+    "lora_vs_full": lora_vs_full,
     "autograde_seconds_per_submission": autograde_seconds_per_submission,
 }
 

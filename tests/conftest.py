@@ -31,15 +31,35 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
+def _models_named_in(paths: list[str]) -> list[str]:
+    """Course models that the notebooks under ``paths`` load with ``load_course_model("name")``."""
+    import re
+    from pathlib import Path
+
+    pattern = re.compile(r"load_course_model\(\s*\\?[\"']([\w.-]+)")
+    names: set[str] = set()
+    for path in map(Path, paths):
+        for notebook in [path] if path.suffix == ".ipynb" else path.rglob("*.ipynb") if path.is_dir() else []:
+            if ".ipynb_checkpoints" not in notebook.parts:
+                names.update(pattern.findall(notebook.read_text(encoding="utf-8")))
+    return sorted(names)
+
+
 def pytest_sessionstart(session: pytest.Session) -> None:
-    """Fill the course-model cache once, before pytest-xdist starts its workers (``make test`` asks)."""
+    """Fill the course-model cache once, before pytest-xdist starts its workers (``make test`` asks).
+
+    Only the models that the notebooks to be run load are trained, so a run that needs none costs nothing.
+    """
     if hasattr(session.config, "workerinput") or not session.config.getoption("warm_course_models"):
         return
     import time
 
     from llmcourse import models
 
-    for name in models.course_models():
+    paths = [arg.split("::")[0] for arg in session.config.args] or list(session.config.getini("testpaths"))
+    for name in _models_named_in([str(session.config.rootpath / p) for p in paths]):
+        if name not in models.course_models():
+            continue  # a notebook's own error will say so
         start = time.perf_counter()
         models.load_course_model(name, progress=False)
         print(f"course model {name!r} ready in {time.perf_counter() - start:.1f} s")

@@ -110,18 +110,24 @@ def test_genre_classes_and_a_split_stratified_by_them() -> None:
     assert data.split_by_play(chosen, test_fraction=0.2, seed=0) != split  # by folder, Roman plays are a group
 
 
-def test_next_line_task_pairs_consecutive_lines_and_random_ones() -> None:
-    task = finetuning.next_line_task(n_train=400, n_validation=50, n_test=100, seed=0)
-    assert task.classes == ("no", "yes") and (len(task.train), len(task.validation), len(task.test)) == (400, 50, 100)
+def test_word_order_task_shuffles_half_the_lines() -> None:
+    task = finetuning.word_order_task(n_train=400, n_validation=50, n_test=100, seed=0)
+    assert task.classes == ("original", "shuffled") and (len(task.train), len(task.validation), len(task.test)) == (400, 50, 100)
     assert 0.4 < sum(e.label for e in task.train) / 400 < 0.6
     plays = [{e.play for e in part} for part in (task.train, task.validation, task.test)]
     assert not (plays[0] & plays[1] or plays[0] & plays[2] or plays[1] & plays[2])
-    for example in task.test[:40]:
-        lines = [line for speech in data.speeches(example.play) for line in speech.lines]
-        follows = any(a == example.text and b == example.text_pair for a, b in zip(lines, lines[1:]))
-        assert follows or example.label == 0
+    for example in task.test:
+        lines = {line for speech in data.speeches(example.play) for line in speech.lines}
+        assert len(example.text.split()) >= 8
+        assert (example.text in lines) == (example.label == 0)  # a shuffled line is never a real one
         if example.label == 1:
-            assert follows
+            assert any(sorted(line.split()) == sorted(example.text.split()) for line in lines)  # same words
+    assert finetuning.word_order_task(n_train=400, n_validation=50, n_test=100, seed=0) == task
+    # the classes have the same bag of words: a unigram TF-IDF model is at chance
+    big = finetuning.word_order_task(n_train=3000, n_test=1000, seed=0)
+    predictions = finetuning.tfidf_baseline(big.train, big.test, ngram_range=(1, 1))
+    accuracy = sum(p == e.label for p, e in zip(predictions, big.test)) / len(big.test)
+    assert 0.44 < accuracy < 0.56
 
 
 def test_class_weights_equal_scikit_learns_balanced_weights() -> None:
@@ -206,6 +212,7 @@ def test_mean_and_cls_pooling() -> None:
     for pooling, expected in (("cls", hidden[:, 0]),
                               ("mean", torch.stack([hidden[i, batch["attention_mask"][i] == 1].mean(0) for i in range(3)]))):
         model = EncoderClassifier(encoder, num_labels=2, pooling=pooling).eval()
+        assert model.encoder.pooler is None  # unused with these poolings: not counted, not trained
         with torch.no_grad():
             torch.testing.assert_close(model(**batch), model.classifier(expected))
     with pytest.raises(ValueError, match="pooling"):
@@ -461,3 +468,29 @@ def test_training_a_classifier_with_the_course_loop() -> None:
     for name, parameter in model.named_parameters():
         if name in frozen:
             assert torch.equal(parameter, frozen[name]), name
+
+
+def test_run_strategy_reports_the_table_figures() -> None:
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 2, (48,), generator=generator)
+    input_ids = torch.randint(5, 30, (48, 8), generator=generator) + 30 * labels[:, None]
+    encoded = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "labels": labels}
+    batches = list(finetuning.classification_batches(encoded, batch_size=16))
+    config = TrainConfig(max_steps=6, warmup_steps=1, learning_rate=1e-2, eval_every=3, progress=False, device="cpu")
+    run = finetuning.run_strategy("LoRA", lambda: EncoderClassifier(tiny_bert().bert, 2), encoded, batches, batches,
+                                  config, batch_size=16)
+    expected = count_parameters(apply_lora(EncoderClassifier(tiny_bert().bert, 2), r=8, alpha=16))
+    assert (run.trainable, run.total) == expected
+    assert run.history.val_step == [0, 3, 6] and len(run.history.metrics) == 3
+    assert 0 < run.seconds_per_epoch and run.cuda_peak_mb is None and run.memory_mb > expected[1] * 4 / 2**20
+    assert 0 <= run.accuracy <= 1 and 0 <= run.macro_f1 <= 1
+    assert run.row()["trainable %"] == pytest.approx(100 * expected[0] / expected[1])
+    with pytest.raises(KeyError, match="unknown strategy"):
+        finetuning.run_strategy("adapters", lambda: None, encoded, batches, batches, config)
+
+
+def test_markdown_table() -> None:
+    text = finetuning.markdown_table({"full": {"trainable": 1234567, "accuracy": 0.8512}, "TF-IDF": {"accuracy": 0.6}},
+                                     {"trainable": "{:,}", "accuracy": "{:.3f}"}, index="strategy")
+    assert text.splitlines() == ["| strategy | trainable | accuracy |", "|---|---|---|",
+                                 "| full | 1,234,567 | 0.851 |", "| TF-IDF |  | 0.600 |"]

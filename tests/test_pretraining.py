@@ -292,6 +292,7 @@ def test_early_stopping_watches_a_metric_and_restores_the_best_weights() -> None
     history = train(model, clm_loss, [batch], [batch], config, metrics_fn=metrics_fn)
     assert history.val_step == [0, 2, 4, 6, 8] and history.stopped_early and history.best_step == 4
     assert history.monitored("accuracy") == [0.2, 0.5, 0.7, 0.6, 0.65] and len(history.train_loss) == 8
+    assert len(history.eval_seconds) == 5 and 0 < history.training_seconds() < history.seconds[-1]
     for restored, kept in zip(model.parameters(), snapshots[2]):
         torch.testing.assert_close(restored, kept, rtol=0, atol=0)
     assert not torch.equal(snapshots[-1][0], snapshots[2][0])  # training did move the weights after step 4

@@ -1,4 +1,4 @@
-"""Fine-tuning: classification tasks from the corpus, a task head, and five ways to choose what trains.
+"""Fine-tuning: classification tasks from the corpus, a task head, and six ways to choose what trains.
 
 A pretrained encoder (MiniLM, from ``llmcourse.models.load_minilm``) becomes a classifier by
 adding a head, then some of its weights are trained on labelled examples:
@@ -12,8 +12,10 @@ adding a head, then some of its weights are trained on labelled examples:
 - **LoRA**: a trainable low-rank update ``B A`` beside chosen weight matrices (Hu et al., 2022).
 
 Prompt tuning, prefix tuning and LoRA follow PEFT's conventions (the classification head trains
-too; virtual tokens sit before the text), so that the tests can check them against PEFT:
-same trainable-parameter counts and, with the same weights copied across, the same outputs.
+too; a soft prompt sits before the text), so that the tests can check them against PEFT: same
+trainable-parameter counts and, with the same weights copied across, the same outputs. (PEFT's
+prefix tuning also moves the text to positions ``P, P + 1, ...``; ours leaves positions alone,
+and the tests pass PEFT's positions explicitly.)
 
 Training uses ``llmcourse.pretraining.train`` with ``classification_loss``; ``predict`` and
 ``classification_metrics`` (built on ``llmcourse.metrics``) score a model on held-out plays.
@@ -22,6 +24,7 @@ Training uses ``llmcourse.pretraining.train`` with ``classification_loss``; ``pr
 from __future__ import annotations
 
 import math
+import random
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -33,13 +36,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from llmcourse import data, metrics
-from llmcourse.device import autocast
+from llmcourse.device import autocast, pick_device, seed_everything
+from llmcourse.pretraining import History, TrainConfig, train
 
 __all__ = [
     "Example",
     "Task",
     "genre_task",
-    "next_line_task",
+    "word_order_task",
     "class_weights",
     "majority_baseline",
     "tfidf_baseline",
@@ -65,7 +69,11 @@ __all__ = [
     "merge_lora",
     "unmerge_lora",
     "STRATEGIES",
+    "LEARNING_RATES",
     "training_memory",
+    "StrategyRun",
+    "run_strategy",
+    "markdown_table",
 ]
 
 Batch = dict[str, Tensor]
@@ -112,26 +120,38 @@ def genre_task(words: int = 64, validation_fraction: float = 0.1, test_fraction:
     return Task("genre", data.GENRE_CLASSES, examples(split.train), examples(split.validation), examples(split.test))
 
 
-def next_line_task(
-    n_train: int = 4000, n_validation: int = 500, n_test: int = 1000,
+def word_order_task(
+    n_train: int = 4000, n_validation: int = 500, n_test: int = 1000, min_words: int = 8,
     validation_fraction: float = 0.1, test_fraction: float = 0.2, seed: int = 0,
 ) -> Task:
-    """Does the second line follow the first in the play? (classes ``("no", "yes")``)
+    """Is a line in Shakespeare's word order, or are its words shuffled? (classes ``("original", "shuffled")``)
 
-    Half the pairs are two consecutive lines of a play, half a line and a random line of
-    another play of the same split (``llmcourse.pretraining.nsp_pairs``, next sentence
-    prediction). A bag of words of the pair cannot compare its two halves; a Transformer reading
-    both lines together can.
+    Each example is one line of at least ``min_words`` words, used once: with probability 1/2
+    its words (with the punctuation attached to them) are put in a random different order.
+    Both classes then have the same words, so a bag of words sees no difference at all
+    between them; a model must read the order. Lines come from plays split as usual.
     """
-    from llmcourse.pretraining import nsp_pairs
-
     split = data.split_by_play(test_fraction=test_fraction, validation_fraction=validation_fraction, seed=seed)
+    rng = random.Random(seed)
 
-    def examples(plays: list[data.Play], n: int, offset: int) -> list[Example]:
-        return [Example(p.first, int(p.is_next), p.play, p.second) for p in nsp_pairs(plays, n, seed=seed + offset)]
+    def examples(plays: list[data.Play], n: int) -> list[Example]:
+        lines = [(line, play.slug) for play in plays for speech in data.speeches(play) for line in speech.lines
+                 if len(line.split()) >= min_words and len(set(line.split())) > 1]
+        rng.shuffle(lines)
+        result = []
+        for line, slug in lines[:n]:
+            if rng.random() < 0.5:
+                result.append(Example(line, 0, slug))
+                continue
+            words = line.split()
+            shuffled = words[:]
+            while shuffled == words:
+                rng.shuffle(shuffled)
+            result.append(Example(" ".join(shuffled), 1, slug))
+        return result
 
-    return Task("next line", ("no", "yes"), examples(split.train, n_train, 0),
-                examples(split.validation, n_validation, 1), examples(split.test, n_test, 2))
+    return Task("word order", ("original", "shuffled"), examples(split.train, n_train),
+                examples(split.validation, n_validation), examples(split.test, n_test))
 
 
 def class_weights(labels: Sequence[int], n_classes: int) -> Tensor:
@@ -165,10 +185,15 @@ def tfidf_baseline(train: Sequence[Example], test: Sequence[Example], ngram_rang
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
 
+    from threadpoolctl import threadpool_limits
+
     vectorizer = TfidfVectorizer(ngram_range=ngram_range, min_df=min_df, sublinear_tf=True)
     features = vectorizer.fit_transform([_joined(e) for e in train])
     model = LogisticRegression(C=C, max_iter=3000, class_weight="balanced")
-    model.fit(features, [e.label for e in train])
+    # One BLAS thread: this fit is small, and on a busy machine extra threads only wait for
+    # each other (several times slower, measured); the result is the same.
+    with threadpool_limits(limits=1):
+        model.fit(features, [e.label for e in train])
     return [int(y) for y in model.predict(vectorizer.transform([_joined(e) for e in test]))]
 
 
@@ -234,7 +259,9 @@ class EncoderClassifier(nn.Module):
     ``pooling``: ``"mean"`` (the mean output vector over real tokens: how MiniLM was trained to
     embed sentences), ``"cls"`` (the output at ``[CLS]``), or ``"pooler"`` (BERT's pooler,
     tanh(W h_CLS + b), as ``AutoModelForSequenceClassification`` does). The encoder is a
-    Hugging Face ``BertModel`` (or any model that returns ``last_hidden_state``).
+    Hugging Face ``BertModel`` (or any model that returns ``last_hidden_state``). With mean or
+    [CLS] pooling, BERT's pooler is unused: it is removed from the encoder, so that it is
+    neither counted nor trained.
     """
 
     def __init__(self, encoder: nn.Module, num_labels: int, pooling: str = "mean", dropout: float = 0.1) -> None:
@@ -243,6 +270,8 @@ class EncoderClassifier(nn.Module):
             raise ValueError(f"unknown pooling {pooling!r}; use 'mean', 'cls' or 'pooler'")
         if pooling == "pooler" and getattr(encoder, "pooler", None) is None:
             raise ValueError("this encoder has no pooler: use pooling='mean' or 'cls'")
+        if pooling != "pooler" and getattr(encoder, "pooler", None) is not None:
+            encoder.pooler = None
         self.encoder, self.pooling = encoder, pooling
         hidden_size = encoder.config.hidden_size
         self.dropout = nn.Dropout(dropout)
@@ -582,14 +611,27 @@ def unmerge_lora(model: nn.Module) -> nn.Module:
     return model
 
 
-#: The strategies by name: each takes a classifier and returns it ready to train.
+#: The strategies by name: each takes a classifier and returns it ready to train (in place for all but
+#: prompt tuning, which wraps it).
 STRATEGIES: dict[str, Callable[[nn.Module], nn.Module]] = {
     "full": full_finetuning,
     "head only": head_only,
     "FFN only": ffn_only,
-    "prompt tuning": lambda model: PromptTuning(model, n_tokens=20),
+    "prompt tuning": lambda model: PromptTuning(model, n_tokens=10),
     "prefix tuning": lambda model: apply_prefix_tuning(model, n_prefix=10),
     "LoRA": lambda model: apply_lora(model, ("query", "value"), r=8, alpha=16),
+}
+
+#: A peak learning rate for each strategy, for AdamW with warm-up and cosine decay. Fewer trainable
+#: weights starting from scratch (a head, prompts, prefixes, LoRA's B) take larger steps than
+#: pretrained weights, which a large step would wreck.
+LEARNING_RATES: dict[str, float] = {
+    "full": 5e-5,
+    "head only": 3e-3,
+    "FFN only": 1e-4,
+    "prompt tuning": 3e-2,
+    "prefix tuning": 1e-2,
+    "LoRA": 1e-3,
 }
 
 
@@ -631,3 +673,92 @@ def training_memory(model: nn.Module, batch: Batch, loss_fn: Callable[[nn.Module
         "optimizer": 2 * trainable_bytes,
         "activations": sum(size for (ptr, _), size in saved.items() if ptr not in param_storages),
     }
+
+
+# ---------------------------------------------------------------------------------------------
+# One strategy, measured
+
+
+@dataclass
+class StrategyRun:
+    """What one strategy did: the figures of the comparison table, and its training history."""
+
+    strategy: str
+    trainable: int
+    total: int
+    accuracy: float  # on the test batches
+    macro_f1: float
+    seconds_per_epoch: float  # training time only (evaluations left out)
+    memory_mb: float  # training_memory's total, for one batch
+    cuda_peak_mb: float | None  # measured by PyTorch's CUDA allocator (None on other devices)
+    history: History
+    model: nn.Module  # the trained model, in eval mode
+
+    def row(self) -> dict[str, Any]:
+        """The table row: strategy, trainable parameters (and their share), scores, time and memory."""
+        return {
+            "strategy": self.strategy,
+            "trainable": self.trainable,
+            "trainable %": 100 * self.trainable / self.total,
+            "accuracy": self.accuracy,
+            "macro-F1": self.macro_f1,
+            "s / epoch": self.seconds_per_epoch,
+            "memory MB": self.memory_mb,
+        }
+
+
+def run_strategy(
+    strategy: str,
+    make_classifier: Callable[[], nn.Module],
+    train_encoded: Batch,
+    val_batches: Sequence[Batch],
+    test_batches: Sequence[Batch],
+    config: TrainConfig,
+    batch_size: int = 16,
+    weights: Tensor | None = None,
+    seed: int = 0,
+) -> StrategyRun:
+    """Build a fresh classifier, apply ``STRATEGIES[strategy]``, train it with ``train`` and score it.
+
+    ``config`` sets the budget (``max_steps``; an epoch is ``len(train_encoded) / batch_size``
+    steps) and the learning rate; validation accuracy is recorded at every evaluation.
+    """
+    if strategy not in STRATEGIES:
+        raise KeyError(f"unknown strategy {strategy!r}; choose from {list(STRATEGIES)}")
+    seed_everything(seed)
+    model = STRATEGIES[strategy](make_classifier())
+    device = pick_device(config.device)
+    model.to(device)
+    loss_fn = classification_loss(weights)
+    trainable, total = count_parameters(model)
+    first = next(classification_batches(train_encoded, batch_size))
+    memory = sum(training_memory(model, first, loss_fn).values()) / 2**20
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    batches = classification_batches(train_encoded, batch_size, shuffle=True, seed=seed, endless=True)
+    history = train(model, loss_fn, batches, val_batches, config, metrics_fn=metrics_fn(val_batches))
+    peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+    scores = classification_metrics(*predict(model, test_batches))
+    steps_per_epoch = math.ceil(len(train_encoded["labels"]) / batch_size)
+    per_step = history.training_seconds() / max(1, len(history.step))
+    return StrategyRun(strategy, trainable, total, scores["accuracy"], scores["macro_f1"], per_step * steps_per_epoch,
+                       memory, peak, history, model.eval())
+
+
+def markdown_table(rows: dict[str, dict[str, Any]], formats: dict[str, str] | None = None, index: str = "") -> str:
+    """A Markdown table of named rows (``{row: {column: value}}``), for notebooks (``IPython.display.Markdown``).
+
+    ``formats`` maps a column to a format spec (``"{:.3f}"``); a missing value leaves its cell empty.
+    """
+    formats = formats or {}
+    columns = list(dict.fromkeys(column for row in rows.values() for column in row))
+
+    def cell(column: str, value: Any) -> str:
+        if value is None:
+            return ""
+        return formats.get(column, "{}").format(value)
+
+    lines = ["| " + " | ".join([index, *columns]) + " |", "|" + "---|" * (len(columns) + 1)]
+    for name, row in rows.items():
+        lines.append("| " + " | ".join([name, *(cell(c, row.get(c)) for c in columns)]) + " |")
+    return "\n".join(lines)

@@ -359,9 +359,14 @@ class History:
     val_loss: list[float] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)  # wall time at each evaluation
     interval_train_loss: list[float] = field(default_factory=list)  # mean train loss since the last evaluation
+    eval_seconds: list[float] = field(default_factory=list)  # time each evaluation took (included in seconds)
     metrics: list[dict[str, float]] = field(default_factory=list)  # metrics_fn's results at each evaluation
     best_step: int | None = None  # the evaluation step with the best monitored value
     stopped_early: bool = False
+
+    def training_seconds(self) -> float:
+        """Wall time spent training, up to the last evaluation, without the evaluations themselves."""
+        return self.seconds[-1] - sum(self.eval_seconds) if self.seconds else 0.0
 
     def monitored(self, name: str) -> list[float]:
         """The values of ``"val_loss"``, ``"interval_train_loss"`` or a metric, one per evaluation."""
@@ -477,6 +482,7 @@ def train(
         return previous is None or (value > previous if config.maximize else value < previous)
 
     def evaluate_and_save(step: int) -> None:
+        began = time.perf_counter()
         history.val_step.append(step)
         history.val_loss.append(evaluate(model, loss_fn, val_batches or [], device))
         history.interval_train_loss.append(sum(interval) / len(interval) if interval else math.nan)
@@ -487,6 +493,7 @@ def train(
             with torch.no_grad(), autocast(device):
                 history.metrics.append({name: float(value) for name, value in metrics_fn(model).items()})
             model.train(was_training)
+        history.eval_seconds.append(time.perf_counter() - began)
         history.seconds.append(time.perf_counter() - start)
         value = history.monitored(config.monitor)[-1]
         if improved(value):

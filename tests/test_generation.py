@@ -333,3 +333,12 @@ def test_beam_search_properties() -> None:
         beam_search(model, prompt.repeat(2, 1), 2, 5)
     with pytest.raises(ValueError, match="num_return_sequences"):
         beam_search(model, prompt, 2, 5, num_return_sequences=3)
+
+
+def test_generated_ids_can_feed_training() -> None:
+    # Decoding runs without gradients, but its output is an ordinary tensor a training step can use.
+    model = random_gpt(seed=10)
+    ids = generate(model, torch.tensor([[1, 2]]), 6)
+    model.train()
+    model(ids).logsumexp(-1).mean().backward()
+    assert model.token_embedding.weight.grad is not None

@@ -161,7 +161,7 @@ def _stop_ids(stop_token_id: int | Sequence[int] | None, device: torch.device) -
 # --------------------------------------------------------------------------------------------
 
 
-@torch.inference_mode()
+@torch.no_grad()  # not inference_mode: the ids it returns may feed a model being trained
 def generate(
     model: GPT,
     input_ids: Tensor,
@@ -247,7 +247,7 @@ class BeamSearchResult(NamedTuple):
     scores: Tensor  # (num_return_sequences,): sum of log-probabilities / (new tokens ** length_penalty)
 
 
-@torch.inference_mode()
+@torch.no_grad()  # not inference_mode: the ids it returns may feed a model being trained
 def beam_search(
     model: GPT,
     input_ids: Tensor,

@@ -110,7 +110,7 @@ def _minilm() -> tuple[Any, Any]:
     return load_minilm().eval(), load_minilm_tokenizer()
 
 
-@torch.inference_mode()
+@torch.no_grad()  # not inference_mode: the same model may later need gradients (e.g. to attack a classifier)
 def embed(
     texts: Sequence[str],
     model: Any = None,

@@ -145,9 +145,31 @@ BROKEN = {
 }
 
 
+def _parent(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _ours_or_orphaned(owner: int) -> bool:
+    """Whether a kernel whose grading worker was ``owner`` belongs to this test or outlived its grader.
+
+    Other pytest-xdist workers grade at the same time: their kernels carry the marker too, but
+    their grading workers are alive and are not descendants of this process.
+    """
+    pid = owner
+    while pid > 1:
+        if pid == os.getpid():
+            return True
+        pid = _parent(pid)
+    return not Path(f"/proc/{owner}").exists()
+
+
 def leftover_processes() -> list[str]:
-    """Command lines of processes a submission left: the marker, or a grading kernel's environment."""
+    """Command lines of processes a submission left: the marker, or one of this run's grading kernels' environment."""
     found = []
+    needle = re.compile(rb"(?:^|\0)" + RUN_MARKER.encode() + rb"=(\d+)-")
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
@@ -156,7 +178,8 @@ def leftover_processes() -> list[str]:
             environ = (proc / "environ").read_bytes()
         except OSError:
             continue
-        if MARKER in cmdline or f"{RUN_MARKER}=".encode() in environ:
+        owner = needle.search(environ)
+        if MARKER in cmdline or (owner and _ours_or_orphaned(int(owner.group(1)))):
             found.append(f"{proc.name}: {cmdline}")
     return found
 

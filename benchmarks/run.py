@@ -57,7 +57,7 @@ def _decoding_models() -> tuple[nn.Module, nn.Module, torch.Tensor]:
     device = pick_device()
     torch.manual_seed(0)
     hf = GPT2LMHeadModel(GPT2Config(n_layer=6, n_embd=384, n_head=6, n_positions=512)).eval().to(device)
-    ours = GPT.from_hf_gpt2(hf).eval()
+    ours = GPT.from_hf_gpt2(hf).eval().to(device)
     prompt = torch.randint(0, hf.config.vocab_size, (1, 32), generator=torch.Generator().manual_seed(0)).to(device)
     return hf, ours, prompt
 

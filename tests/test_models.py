@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from llmcourse import models
+from llmcourse import data, models
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +71,10 @@ def quick_recipes(tmp_path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setitem(models.MLM_ENCODER, "training", {"max_steps": 3, "warmup_steps": 1, "eval_every": 3})
     monkeypatch.setitem(models.MLM_ENCODER, "model", {"block_size": 48, "n_layers": 1, "n_heads": 2, "d_model": 16})
     monkeypatch.setitem(models.MLM_ENCODER, "corpus", {"n_train": 64, "n_val": 64})
+    monkeypatch.setitem(models.BPE_GPT, "vocab_size", 300)
+    monkeypatch.setitem(models.BPE_GPT, "training", {"max_steps": 3, "warmup_steps": 1, "eval_every": 3})
+    monkeypatch.setitem(models.BPE_GPT, "model", {"block_size": 16, "n_layers": 1, "n_heads": 2, "d_model": 16})
+    monkeypatch.setitem(models.BPE_GPT, "eval_batches", 2)
     return tmp_path
 
 
@@ -101,10 +105,29 @@ def test_course_mlm_encoder_round_trip(quick_recipes) -> None:
             assert torch.equal(x, y)
 
 
+def test_course_bpe_gpt_round_trip(quick_recipes) -> None:
+    first = models.load_course_model("shakespeare-bpe-gpt", progress=False)
+    second = models.load_course_model("shakespeare-bpe-gpt", progress=False)
+    assert type(second.model).__name__ == "GPT" and second.model.config.vocab_size == 300
+    # The reloaded tokenizer is the trained one: same merges, same vocabulary, lossless on any text.
+    assert second.tokenizer.merges == first.tokenizer.merges and second.tokenizer.vocab == first.tokenizer.vocab
+    assert len(first.tokenizer.merges) == 300 - 256
+    text = "KING LEAR:\nNothing will come of nothing: speak again. Ça va, 王?"
+    assert second.tokenizer.encode(text) == first.tokenizer.encode(text)
+    assert second.tokenizer.decode(second.tokenizer.encode(text)) == text
+    assert len(second.tokenizer.encode("the king")) < len("the king".encode())  # merges were learned and are used
+    ids = torch.tensor([second.tokenizer.encode("To be, or not")])
+    with torch.no_grad():
+        assert torch.equal(first.model(ids), second.model(ids))
+    assert second.history.val_loss == first.history.val_loss
+    split = data.split_by_play(test_fraction=models.TEST_FRACTION, seed=models.SPLIT_SEED)
+    assert second.info["val_plays"] == [play.slug for play in split.test]  # the held-out plays of every course model
+
+
 def test_unknown_course_model() -> None:
     with pytest.raises(KeyError, match="shakespeare-char-gpt"):
         models.load_course_model("gpt-5")
-    assert set(models.course_models()) == {"shakespeare-char-gpt", "shakespeare-mlm"}
+    assert set(models.course_models()) == {"shakespeare-char-gpt", "shakespeare-mlm", "shakespeare-bpe-gpt"}
 
 
 def test_cache_dir_follows_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:

@@ -27,10 +27,12 @@ __all__ = [
     "load_minilm_tokenizer",
     "load_minilm",
     "CourseModel",
+    "TokenCorpus",
     "CharCorpus",
     "PairCorpus",
     "cache_dir",
     "char_corpus",
+    "bpe_corpus",
     "pair_corpus",
     "course_models",
     "load_course_model",
@@ -104,14 +106,17 @@ class CourseModel(NamedTuple):
     info: dict[str, Any]
 
 
-class CharCorpus(NamedTuple):
-    """Shakespeare as character ids, split by play: train on ``train_ids``, validate on held-out plays."""
+class TokenCorpus(NamedTuple):
+    """Shakespeare as token ids, split by play: train on ``train_ids``, validate on held-out plays."""
 
-    tokenizer: Any  # CharTokenizer built on the training plays
+    tokenizer: Any  # CharTokenizer or BPETokenizer built on the training plays only
     train_ids: Any  # 1-D LongTensor
     val_ids: Any
     train_plays: list[str]
     val_plays: list[str]
+
+
+CharCorpus = TokenCorpus  # what char_corpus returns
 
 
 class PairCorpus(NamedTuple):
@@ -153,6 +158,25 @@ def char_corpus() -> CharCorpus:
     )
 
 
+def bpe_corpus(vocab_size: int = 768) -> TokenCorpus:
+    """The text of ``char_corpus`` in byte-level BPE tokens, the merges learned on the training plays only."""
+    import torch
+
+    from llmcourse import data
+    from llmcourse.tokenization import BPETokenizer
+
+    split = data.split_by_play(test_fraction=TEST_FRACTION, seed=SPLIT_SEED)
+    train_text, val_text = data.corpus_text(split.train), data.corpus_text(split.test)
+    tokenizer = BPETokenizer().train(train_text, vocab_size)
+    return TokenCorpus(
+        tokenizer,
+        torch.tensor(tokenizer.encode(train_text)),
+        torch.tensor(tokenizer.encode(val_text)),
+        [p.slug for p in split.train],
+        [p.slug for p in split.test],
+    )
+
+
 def pair_corpus(max_length: int = 48, min_count: int = 3, n_train: int | None = None, n_val: int = 4096) -> PairCorpus:
     """Pairs of consecutive or unrelated lines (``nsp_pairs``), encoded as ``[CLS] A [SEP] B [SEP]`` word ids."""
     from llmcourse import data
@@ -174,23 +198,30 @@ def pair_corpus(max_length: int = 48, min_count: int = 3, n_train: int | None = 
                       [p.slug for p in split.train], [p.slug for p in split.test])
 
 
-def _char_gpt(progress: bool) -> CourseModel:
+def _gpt(corpus: TokenCorpus, recipe: dict[str, Any], progress: bool) -> CourseModel:
     from llmcourse.device import seed_everything
     from llmcourse.pretraining import TrainConfig, clm_loss, lm_batches, lm_eval_batches, train
     from llmcourse.transformer import GPT, GPTConfig
 
-    corpus = char_corpus()
     seed_everything(0)
-    model = GPT(GPTConfig(vocab_size=corpus.tokenizer.vocab_size, **CHAR_GPT["model"]))
-    batch_size, block_size = CHAR_GPT["batch_size"], CHAR_GPT["model"]["block_size"]
+    model = GPT(GPTConfig(vocab_size=corpus.tokenizer.vocab_size, **recipe["model"]))
+    batch_size, block_size = recipe["batch_size"], recipe["model"]["block_size"]
     history = train(
         model, clm_loss,
         lm_batches(corpus.train_ids, batch_size, block_size, seed=0),
-        lm_eval_batches(corpus.val_ids, 32, block_size, CHAR_GPT["eval_batches"]),
-        TrainConfig(**CHAR_GPT["training"], device="cpu", progress=progress),
+        lm_eval_batches(corpus.val_ids, 32, block_size, recipe["eval_batches"]),
+        TrainConfig(**recipe["training"], device="cpu", progress=progress),
     )
     info = {"val_plays": corpus.val_plays, "val_loss": history.val_loss[-1], "batch_size": batch_size}
     return CourseModel(model.eval(), corpus.tokenizer, history, info)
+
+
+def _char_gpt(progress: bool) -> CourseModel:
+    return _gpt(char_corpus(), CHAR_GPT, progress)
+
+
+def _bpe_gpt(progress: bool) -> CourseModel:
+    return _gpt(bpe_corpus(BPE_GPT["vocab_size"]), BPE_GPT, progress)
 
 
 def _mlm_encoder(progress: bool) -> CourseModel:
@@ -219,6 +250,13 @@ CHAR_GPT: dict[str, Any] = {
     "eval_batches": 16,
     "training": {"max_steps": 800, "warmup_steps": 50, "learning_rate": 2e-3, "betas": (0.9, 0.99), "eval_every": 100},
 }
+BPE_GPT: dict[str, Any] = {
+    "vocab_size": 768,  # 256 bytes + 512 merges
+    "model": {"block_size": 64, "n_layers": 3, "n_heads": 4, "d_model": 96},
+    "batch_size": 32,
+    "eval_batches": 16,
+    "training": {"max_steps": 600, "warmup_steps": 30, "learning_rate": 3e-3, "betas": (0.9, 0.99), "eval_every": 100},
+}
 MLM_ENCODER: dict[str, Any] = {
     "model": {"block_size": 48, "n_layers": 4, "n_heads": 4, "d_model": 128},
     "batch_size": 64,
@@ -229,8 +267,10 @@ MLM_ENCODER: dict[str, Any] = {
 _RECIPES: dict[str, tuple[Callable[[bool], CourseModel], str]] = {
     "shakespeare-char-gpt": (_char_gpt, "a character-level GPT (0.8M parameters) trained on 31 plays"),
     "shakespeare-mlm": (_mlm_encoder, "a word-level BERT-style encoder (MLM + NSP) trained on line pairs of 31 plays"),
+    "shakespeare-bpe-gpt": (_bpe_gpt, "a GPT on byte-pair tokens (768, learned on the same plays) trained on 31 plays"),
 }
-_RECIPE_VERSION = 1  # bump when a recipe changes, so stale caches are retrained
+#: Bump a model's number when its recipe changes, so that stale caches are retrained (and only those).
+_RECIPE_VERSIONS = {"shakespeare-char-gpt": 1, "shakespeare-mlm": 1, "shakespeare-bpe-gpt": 1}
 
 
 def course_models() -> dict[str, str]:
@@ -240,6 +280,9 @@ def course_models() -> dict[str, str]:
 
 def _save_tokenizer(tokenizer: Any) -> dict[str, Any]:
     kind = type(tokenizer).__name__
+    if kind == "BPETokenizer":  # the merges, in the order learned, rebuild everything else
+        merges = [[left, right, new_id] for (left, right), new_id in tokenizer.merges.items()]
+        return {"type": kind, "pattern": tokenizer.pattern, "merges": merges, "merge_counts": tokenizer.merge_counts}
     if kind not in ("CharTokenizer", "WordTokenizer"):
         raise TypeError(f"cannot save a {kind}")
     return {"type": kind, "itos": tokenizer.itos, "lowercase": getattr(tokenizer, "lowercase", False)}
@@ -248,6 +291,13 @@ def _save_tokenizer(tokenizer: Any) -> dict[str, Any]:
 def _load_tokenizer(saved: dict[str, Any]) -> Any:
     from llmcourse import tokenization
 
+    if saved["type"] == "BPETokenizer":
+        bpe = tokenization.BPETokenizer(saved["pattern"])
+        for left, right, new_id in saved["merges"]:
+            bpe.merges[(left, right)] = new_id
+            bpe.vocab[new_id] = bpe.vocab[left] + bpe.vocab[right]
+        bpe.merge_counts = list(saved["merge_counts"])
+        return bpe
     tokenizer = object.__new__(getattr(tokenization, saved["type"]))  # no corpus to rebuild from: set the tables
     tokenizer.itos = list(saved["itos"])
     tokenizer.stoi = {token: i for i, token in enumerate(tokenizer.itos)}
@@ -269,7 +319,7 @@ def load_course_model(name: str, progress: bool = True, retrain: bool = False) -
 
     folder = cache_dir() / name
     done = folder / "course_model.json"
-    if not retrain and done.is_file() and json.loads(done.read_text()).get("version") == _RECIPE_VERSION:
+    if not retrain and done.is_file() and json.loads(done.read_text()).get("version") == _RECIPE_VERSIONS[name]:
         saved = json.loads(done.read_text())
         model_class = getattr(transformer, json.loads((folder / "config.json").read_text())["model"])
         model = model_class.from_pretrained(folder).eval()
@@ -285,7 +335,7 @@ def load_course_model(name: str, progress: bool = True, retrain: bool = False) -
     shutil.rmtree(staging, ignore_errors=True)
     result.model.save_pretrained(staging)
     (staging / "course_model.json").write_text(json.dumps({
-        "version": _RECIPE_VERSION, "tokenizer": _save_tokenizer(result.tokenizer),
+        "version": _RECIPE_VERSIONS[name], "tokenizer": _save_tokenizer(result.tokenizer),
         "history": result.history.to_dict(), "info": result.info,
     }))
     shutil.rmtree(folder, ignore_errors=True)

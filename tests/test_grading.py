@@ -17,7 +17,7 @@ from pathlib import Path
 import nbformat
 import pytest
 from nbformat import NotebookNode
-from scoring import failed, score_checker
+from scoring import Assignment, edited, failed, score_checker
 
 from llmcourse import cli
 from llmcourse.grading import EXERCISES_DIR, REPO_ROOT, SOLUTIONS_DIR, GradeResult, find_submissions, grade
@@ -35,37 +35,16 @@ MAX_SCORE = 12.0
 
 # --- building submissions ----------------------------------------------------------------------
 
-def answers() -> dict[str, str]:
-    """The solution cells of the instructor's notebook, as a learner would write them (no markers)."""
-    nb = nbformat.read(SOLUTION, as_version=4)
-    return {
-        nbgrader_meta(cell)["grade_id"]: "\n".join(
-            line for line in cell.source.splitlines()
-            if "### BEGIN SOLUTION" not in line and "### END SOLUTION" not in line
-        )
-        for cell in nb.cells if nbgrader_meta(cell).get("solution")
-    }
-
-
-def edited(text: str, old: str, new: str) -> str:
-    assert old in text, f"the solution no longer contains {old!r}: update this test"
-    return text.replace(old, new)
+EX = Assignment(ASSIGNMENT)
 
 
 def submission(changes: dict[str, str] | None = None,
                edit: Callable[[NotebookNode], None] | None = None) -> NotebookNode:
     """The released notebook with the solution cells filled in, ``changes`` applied, then ``edit``."""
-    nb = nbformat.read(RELEASE, as_version=4)
-    filled = {**answers(), **(changes or {})}
-    for cell in nb.cells:
-        if nbgrader_meta(cell).get("solution"):
-            cell.source = filled[nbgrader_meta(cell)["grade_id"]]
-    if edit is not None:
-        edit(nb)
-    return nb
+    return EX.submission(changes, edit=edit)
 
 
-A = answers()
+A = EX.answers
 BUGS = {  # variant -> (solution cells changed, the test cells it must fail; every other one must pass)
     "no_scale": ({"sdpa_solution": edited(A["sdpa_solution"], " / math.sqrt(d_k)", "")},
                  {"test_sdpa_values", "test_sdpa_masks"}),

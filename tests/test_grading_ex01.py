@@ -6,55 +6,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import nbformat
 import pytest
 from nbformat import NotebookNode
-from scoring import score_checker
+from scoring import Assignment, edited, report_seconds, score_checker
 
-from llmcourse.grading import EXERCISES_DIR, SOLUTIONS_DIR, GradeResult, grade
-from llmcourse.grading.execution import validate_notebook
-from llmcourse.grading.notebooks import nbgrader_meta
+from llmcourse.grading import GradeResult
 
-ASSIGNMENT = "ex01_language_models"
-SOLUTION = SOLUTIONS_DIR / ASSIGNMENT / f"{ASSIGNMENT}.ipynb"
-RELEASE = EXERCISES_DIR / ASSIGNMENT / f"{ASSIGNMENT}.ipynb"
+EX = Assignment("ex01_language_models")
 POINTS = {"test_bigram_counts": 2, "test_bigram_prob": 2, "test_bigram_distribution": 1,
           "test_perplexity": 3, "test_perplexity_zero": 1,
           "test_pair_counts": 1, "test_merge": 2, "test_bpe_step": 2}
 TESTS = list(POINTS)
-MAX_SCORE = 14.0
 
 
-# --- building submissions ----------------------------------------------------------------------
-
-def answers() -> dict[str, str]:
-    """The solution cells of the instructor's notebook, as a learner would write them (no markers)."""
-    nb = nbformat.read(SOLUTION, as_version=4)
-    return {
-        nbgrader_meta(cell)["grade_id"]: "\n".join(
-            line for line in cell.source.splitlines()
-            if "### BEGIN SOLUTION" not in line and "### END SOLUTION" not in line
-        )
-        for cell in nb.cells if nbgrader_meta(cell).get("solution")
-    }
-
-
-def edited(text: str, old: str, new: str) -> str:
-    assert old in text, f"the solution no longer contains {old!r}: update this test"
-    return text.replace(old, new)
-
-
-def submission(changes: dict[str, str] | None = None) -> NotebookNode:
-    """The released notebook with the solution cells filled in and ``changes`` applied."""
-    nb = nbformat.read(RELEASE, as_version=4)
-    filled = {**answers(), **(changes or {})}
-    for cell in nb.cells:
-        if nbgrader_meta(cell).get("solution"):
-            cell.source = filled[nbgrader_meta(cell)["grade_id"]]
-    return nb
-
-
-A = answers()
+A = EX.answers
+submission = EX.submission
 COUNTS, PROB, PPL = A["bigram_counts_solution"], A["bigram_prob_solution"], A["perplexity_solution"]
 PAIRS, MERGE, STEP = A["pair_counts_solution"], A["merge_solution"], A["bpe_step_solution"]
 
@@ -314,19 +280,15 @@ CHEAT_PASSES = {"test_pair_counts"}
 @pytest.fixture(scope="module")
 def graded(tmp_path_factory: pytest.TempPathFactory) -> dict[str, GradeResult]:
     """Grade every submission in one call with two workers; results by file stem."""
-    folder = tmp_path_factory.mktemp("submissions")
     notebooks: dict[str, NotebookNode] = {
-        "solution": nbformat.read(SOLUTION, as_version=4),
-        "unfilled": nbformat.read(RELEASE, as_version=4),
+        "solution": EX.read_solution(),
+        "unfilled": EX.read_release(),
         "alternative": submission(ALTERNATIVE),
         "alternative_2": submission(ALTERNATIVE_2),
         "cheat": submission(CHEAT),
         **{name: submission(changes) for name, (changes, _) in BUGS.items()},
     }
-    for name, nb in notebooks.items():
-        nbformat.write(nb, folder / f"{name}.ipynb")
-    results = grade(ASSIGNMENT, [folder], progress=False, jobs=2)
-    return {Path(result.submission).stem: result for result in results}
+    return EX.grade_notebooks(tmp_path_factory.mktemp("submissions"), notebooks)
 
 
 check_scores = score_checker(POINTS)
@@ -355,9 +317,7 @@ def test_correct_alternatives_get_full_marks(graded: dict[str, GradeResult], nam
 
 def test_cheat_passes_the_visible_tests(tmp_path: Path) -> None:
     # The cheat is a fair test of the hidden tests only if it fools every visible one.
-    path = tmp_path / f"{ASSIGNMENT}.ipynb"
-    nbformat.write(submission(CHEAT), path)
-    report = validate_notebook(path)
+    report = EX.validate(submission(CHEAT), tmp_path)
     assert report.passed, report.summary()  # (its demo cells may fail: they are not graded)
 
 
@@ -367,9 +327,6 @@ def test_monkeypatching_does_not_earn_marks(graded: dict[str, GradeResult]) -> N
 
 
 def test_grading_is_fast_enough(graded: dict[str, GradeResult]) -> None:
-    seconds = {name: result.seconds for name, result in graded.items()}
-    print("\nex01 autograde seconds per submission: "
-          + ", ".join(f"{name} {s:.1f}" for name, s in sorted(seconds.items()))
-          + f"; mean {sum(seconds.values()) / len(seconds):.1f}")
+    seconds = report_seconds("ex01", graded)
     assert len(seconds) == 5 + len(BUGS)
     assert max(seconds.values()) < 60, "grading one submission on CPU must take under a minute"

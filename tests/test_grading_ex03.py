@@ -11,63 +11,26 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import nbformat
 import pytest
 from nbformat import NotebookNode
-from scoring import score_checker
+from scoring import Assignment, edited, report_seconds, score_checker
 
-from llmcourse.grading import EXERCISES_DIR, SOLUTIONS_DIR, GradeResult, grade
-from llmcourse.grading.execution import validate_notebook
-from llmcourse.grading.notebooks import nbgrader_meta
+from llmcourse.grading import GradeResult
 
-ASSIGNMENT = "ex03_pretraining"
-SOLUTION = SOLUTIONS_DIR / ASSIGNMENT / f"{ASSIGNMENT}.ipynb"
-RELEASE = EXERCISES_DIR / ASSIGNMENT / f"{ASSIGNMENT}.ipynb"
+EX = Assignment("ex03_pretraining")
 POINTS = {"test_mask_structure": 1, "test_mask_special": 1, "test_mask_selection": 1, "test_mask_replacement": 2,
           "test_clm_loss": 2, "test_clm_padding": 1, "test_train_loop": 1, "test_train_target": 3}
 TESTS = list(POINTS)
 PART3 = {"test_train_loop", "test_train_target"}
 
 
-# --- building submissions ----------------------------------------------------------------------
-
-def answers() -> dict[str, str]:
-    """The solution cells of the instructor's notebook, as a learner would write them (no markers)."""
-    nb = nbformat.read(SOLUTION, as_version=4)
-    return {
-        nbgrader_meta(cell)["grade_id"]: "\n".join(
-            line for line in cell.source.splitlines()
-            if "### BEGIN SOLUTION" not in line and "### END SOLUTION" not in line
-        )
-        for cell in nb.cells if nbgrader_meta(cell).get("solution")
-    }
-
-
-def released() -> dict[str, str]:
-    """The solution cells as released (``raise NotImplementedError()``)."""
-    nb = nbformat.read(RELEASE, as_version=4)
-    return {nbgrader_meta(cell)["grade_id"]: cell.source for cell in nb.cells if nbgrader_meta(cell).get("solution")}
-
-
-def edited(text: str, old: str, new: str) -> str:
-    assert old in text, f"the solution no longer contains {old!r}: update this test"
-    return text.replace(old, new)
-
-
 def submission(changes: dict[str, str] | None = None, train: bool = True) -> NotebookNode:
     """The released notebook with the solution cells filled in and ``changes`` applied; part 3
     left as released unless ``train``."""
-    nb = nbformat.read(RELEASE, as_version=4)
-    filled = {**answers(), **(changes or {})}
-    if not train:
-        filled["train_solution"] = released()["train_solution"]
-    for cell in nb.cells:
-        if nbgrader_meta(cell).get("solution"):
-            cell.source = filled[nbgrader_meta(cell)["grade_id"]]
-    return nb
+    return EX.submission(changes, unfilled=() if train else {"train_solution"})
 
 
-A = answers()
+A = EX.answers
 MASK, CLM, TRAIN = A["mask_solution"], A["clm_solution"], A["train_solution"]
 
 IN_PLACE_MASK = '''
@@ -253,18 +216,14 @@ def held_out_loss(model, n_windows=64):
 @pytest.fixture(scope="module")
 def graded(tmp_path_factory: pytest.TempPathFactory) -> dict[str, GradeResult]:
     """Grade every submission in one call with two workers; results by file stem."""
-    folder = tmp_path_factory.mktemp("submissions")
     notebooks: dict[str, NotebookNode] = {
-        "solution": nbformat.read(SOLUTION, as_version=4),
-        "unfilled": nbformat.read(RELEASE, as_version=4),
+        "solution": EX.read_solution(),
+        "unfilled": EX.read_release(),
         "alternative": submission(ALTERNATIVE),
         "cheat": submission(CHEAT),
         **{name: submission(changes, train) for name, (changes, train, _) in BUGS.items()},
     }
-    for name, nb in notebooks.items():
-        nbformat.write(nb, folder / f"{name}.ipynb")
-    results = grade(ASSIGNMENT, [folder], progress=False, jobs=2)
-    return {Path(result.submission).stem: result for result in results}
+    return EX.grade_notebooks(tmp_path_factory.mktemp("submissions"), notebooks)
 
 
 check_scores = score_checker(POINTS)
@@ -293,9 +252,7 @@ def test_correct_alternative_gets_full_marks(graded: dict[str, GradeResult]) -> 
 
 def test_cheat_passes_the_visible_tests(tmp_path: Path) -> None:
     # The cheat is a fair test of the hidden tests only if it fools every visible one.
-    path = tmp_path / f"{ASSIGNMENT}.ipynb"
-    nbformat.write(submission(CHEAT), path)
-    report = validate_notebook(path)
+    report = EX.validate(submission(CHEAT), tmp_path)
     assert report.passed, report.summary()
 
 
@@ -304,9 +261,6 @@ def test_monkeypatching_and_made_up_training_earn_nothing(graded: dict[str, Grad
 
 
 def test_grading_is_fast_enough(graded: dict[str, GradeResult]) -> None:
-    seconds = {name: result.seconds for name, result in graded.items()}
-    print("\nex03 autograde seconds per submission (two at a time): "
-          + ", ".join(f"{name} {s:.1f}" for name, s in sorted(seconds.items()))
-          + f"; mean {sum(seconds.values()) / len(seconds):.1f}")
+    seconds = report_seconds("ex03", graded)
     assert len(seconds) == 4 + len(BUGS)
     assert max(seconds.values()) < 90, "grading one submission on CPU must take about a minute at most"

@@ -103,6 +103,10 @@ def test_course_mlm_encoder_round_trip(quick_recipes) -> None:
     with torch.no_grad():
         for x, y in zip(first.model(ids), second.model(ids)):
             assert torch.equal(x, y)
+    # Held-out accuracies are recorded at every evaluation and survive the cache, with the baseline to beat.
+    assert second.history.metrics == first.history.metrics and len(second.history.metrics) == len(second.history.val_step)
+    assert all(0 <= m["mlm_top1"] <= 1 and 0 <= m["nsp_accuracy"] <= 1 for m in second.history.metrics)
+    assert 0 < second.info["frequency_top1"] < 1
 
 
 def test_course_bpe_gpt_round_trip(quick_recipes) -> None:

@@ -139,35 +139,15 @@ def cache_dir() -> Path:
     return Path(os.environ.get("LLMCOURSE_CACHE") or Path.home() / ".cache" / "llmcourse").expanduser()
 
 
-def char_corpus() -> CharCorpus:
-    """The plays as text with speaker names (``play_text``), one character per token."""
+def _token_corpus(make_tokenizer: Callable[[str], Any]) -> TokenCorpus:
+    """The plays split by play, tokenized by ``make_tokenizer(training text)``: nothing learnt from held-out plays."""
     import torch
 
     from llmcourse import data
-    from llmcourse.tokenization import CharTokenizer
 
     split = data.split_by_play(test_fraction=TEST_FRACTION, seed=SPLIT_SEED)
     train_text, val_text = data.corpus_text(split.train), data.corpus_text(split.test)
-    tokenizer = CharTokenizer(train_text)  # characters never seen in training become <unk>
-    return CharCorpus(
-        tokenizer,
-        torch.tensor(tokenizer.encode(train_text)),
-        torch.tensor(tokenizer.encode(val_text)),
-        [p.slug for p in split.train],
-        [p.slug for p in split.test],
-    )
-
-
-def bpe_corpus(vocab_size: int = 768) -> TokenCorpus:
-    """The text of ``char_corpus`` in byte-level BPE tokens, the merges learned on the training plays only."""
-    import torch
-
-    from llmcourse import data
-    from llmcourse.tokenization import BPETokenizer
-
-    split = data.split_by_play(test_fraction=TEST_FRACTION, seed=SPLIT_SEED)
-    train_text, val_text = data.corpus_text(split.train), data.corpus_text(split.test)
-    tokenizer = BPETokenizer().train(train_text, vocab_size)
+    tokenizer = make_tokenizer(train_text)
     return TokenCorpus(
         tokenizer,
         torch.tensor(tokenizer.encode(train_text)),
@@ -175,6 +155,20 @@ def bpe_corpus(vocab_size: int = 768) -> TokenCorpus:
         [p.slug for p in split.train],
         [p.slug for p in split.test],
     )
+
+
+def char_corpus() -> CharCorpus:
+    """The plays as text with speaker names (``play_text``), one character per token."""
+    from llmcourse.tokenization import CharTokenizer
+
+    return _token_corpus(CharTokenizer)  # characters never seen in training become <unk>
+
+
+def bpe_corpus(vocab_size: int = 768) -> TokenCorpus:
+    """The text of ``char_corpus`` in byte-level BPE tokens, the merges learned on the training plays only."""
+    from llmcourse.tokenization import BPETokenizer
+
+    return _token_corpus(lambda text: BPETokenizer().train(text, vocab_size))
 
 
 def pair_corpus(max_length: int = 48, min_count: int = 3, n_train: int | None = None, n_val: int = 4096) -> PairCorpus:

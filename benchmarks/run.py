@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -123,6 +124,17 @@ def generate_speed_vs_hf(repeats: int) -> dict[str, float]:
             "generate_tokens_per_s_hf": NEW_TOKENS / t_hf}
 
 
+# The issue's goals: (">=", x) means higher is better and x is the least we aim for.
+GOALS: dict[str, tuple[str, float]] = {
+    "gpt_train_speed_vs_hf": (">=", 1.3),
+    "attention_time_vs_torch": ("<=", 0.95),
+    "kv_cache_speedup": (">=", 5.0),
+    "generate_speed_vs_hf": (">=", 1.0),
+    "lora_trainable_fraction": ("<=", 0.02),
+    "lora_accuracy_vs_full": (">=", 0.95),
+    "autograde_seconds_per_submission": ("<=", 20.0),
+}
+
 BENCHMARKS: dict[str, Callable[[int], dict[str, float]]] = {
     "gpt_train_speed_vs_hf": gpt_train_speed_vs_hf,
     "attention_time_vs_torch": attention_time_vs_torch,
@@ -133,21 +145,54 @@ BENCHMARKS: dict[str, Callable[[int], dict[str, float]]] = {
 }
 
 
+def verdict(key: str, value: float) -> str:
+    """"goal >= 1.3: met" for a key with a goal, "" for a supporting figure."""
+    if key not in GOALS:
+        return ""
+    op, goal = GOALS[key]
+    met = value >= goal if op == ">=" else value <= goal
+    return f"goal {op} {goal:g}: {'met' if met else 'MISSED'}"
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__)
     parser.add_argument("--only", action="append", choices=sorted(BENCHMARKS), help="run only these keys")
     parser.add_argument("--repeats", type=int, default=20)
     args = parser.parse_args(argv)
-    results: dict[str, float] = {}
-    for key in args.only or list(BENCHMARKS):
-        results.update(BENCHMARKS[key](args.repeats))
     machine = f"{platform.machine()} {platform.processor() or ''} {torch.get_num_threads()} threads, device {pick_device()}".strip()
-    width = max(map(len, results))
-    print(f"machine: {machine}")
-    for key, value in results.items():
-        print(f"{key:<{width}}  {value:10.3f}")
+    if torch.cuda.is_available():
+        machine += f" ({torch.cuda.get_device_name()})"
+    print(f"machine: {machine}", flush=True)
+    results: dict[str, float] = {}
+    seconds: dict[str, float] = {}
+    failed: dict[str, str] = {}
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "latest.json").write_text(json.dumps({"machine": machine, "results": results}, indent=2))
+    for key in args.only or list(BENCHMARKS):
+        print(f"[{key}] running...", flush=True)
+        start = time.perf_counter()
+        try:
+            found = BENCHMARKS[key](args.repeats)
+        except Exception as error:  # one broken benchmark must not lose the others' figures
+            failed[key] = f"{type(error).__name__}: {error}"
+            print(f"[{key}] FAILED: {failed[key]}", flush=True)
+            continue
+        finally:
+            seconds[key] = time.perf_counter() - start
+        results.update(found)
+        print(f"[{key}] done in {seconds[key]:.0f} s", flush=True)
+        # Written after every benchmark: an interrupted run keeps what it measured.
+        (RESULTS / "latest.json").write_text(json.dumps(
+            {"machine": machine, "results": results, "seconds": seconds, "failed": failed}, indent=2))
+    width = max(map(len, [*results, *failed]))
+    print(f"\nmachine: {machine}; total {sum(seconds.values()):.0f} s")
+    for key, value in results.items():
+        print(f"{key:<{width}}  {value:10.4g}  {verdict(key, value)}")
+    for key, why in failed.items():
+        print(f"{key:<{width}}  {'failed':>10}  {why}")
+    (RESULTS / "latest.json").write_text(json.dumps(
+        {"machine": machine, "results": results, "seconds": seconds, "failed": failed}, indent=2))
+    if failed:
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":

@@ -147,6 +147,31 @@ def test_cached_logits_match_a_full_forward_pass(dtype: torch.dtype) -> None:
         torch.testing.assert_close(last[:, 0], full[:, 11], **tol)
 
 
+def test_large_heads_decode_through_a_transposed_copy_kept_in_step_with_the_weights() -> None:
+    # GPT-2's vocabulary with a narrow model: 50257 x 32 weights, above the threshold of the
+    # decoding path that reads the LM head through a (d, vocab) copy.
+    from llmcourse import transformer
+
+    model = random_gpt(vocab_size=50257)
+    assert model.lm_head.weight.numel() >= transformer._TRANSPOSED_HEAD_MIN
+    ids = torch.randint(0, 50257, (3, 9), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        full = model(ids)
+        last = model(ids, last_only=True)
+        assert "_head_t" in model.__dict__, "the transposed path did not run"
+        torch.testing.assert_close(last[:, 0], full[:, -1], atol=1e-4, rtol=1e-5)
+        assert torch.equal(last.argmax(-1)[:, 0], full[:, -1].argmax(-1))
+        model.token_embedding.weight.mul_(-1.0)  # tied: the head changes in place, the copy must follow
+        torch.testing.assert_close(model(ids, last_only=True)[:, 0], model(ids)[:, -1], atol=1e-4, rtol=1e-5)
+    assert "_head_t" not in model.state_dict()
+    # With gradients on (training), the ordinary layer runs and the gradient reaches the weight.
+    model(ids, last_only=True).sum().backward()
+    assert model.token_embedding.weight.grad is not None
+    uncached = generate(model, ids[:1, :4], 6, temperature=0, use_cache=False)
+    assert torch.equal(generate(model, ids[:1, :4], 6, temperature=0), uncached)
+    assert torch.equal(uncached[:, 4:5], model(ids[:1, :4]).argmax(-1)[:, -1:])
+
+
 def test_cache_size_reorder_and_errors() -> None:
     model = random_gpt()
     cache = model.new_cache(batch_size=3, max_length=10)

@@ -241,6 +241,9 @@ def _init_weights(model: nn.Module, blocks: nn.ModuleList) -> None:
             nn.init.normal_(projection.weight, mean=0.0, std=0.02 / math.sqrt(2 * len(blocks)))
 
 
+# Heads with at least this many weights are read through a transposed copy when decoding on a CPU.
+_TRANSPOSED_HEAD_MIN = 1 << 20
+
 _Model = TypeVar("_Model", bound="_Checkpointable")
 
 
@@ -325,7 +328,32 @@ class GPT(_Checkpointable):
                 x = block(x, is_causal=True, cache=layer_cache)
         if last_only:
             x = x[:, -1:]  # (B, 1, d)
+            if self._use_transposed_head(x):
+                return self.norm(x) @ self._transposed_head_weight()  # (B, 1, vocab_size)
         return self.lm_head(self.norm(x))  # (B, T, vocab_size)
+
+    def _use_transposed_head(self, x: Tensor) -> bool:
+        # Decoding on a CPU scores one position per row against the whole vocabulary: a
+        # matrix-vector product whose weight (vocab, d) no longer fits in the cache. BLAS reads
+        # the (vocab, d) layout of nn.Linear ~3x slower there than a (d, vocab) copy (GPT-2's
+        # vocabulary, d 384, one thread: 11 ms vs 3.8 ms, benchmarks/README.md), and this
+        # product was most of the time per token. Small heads (the course's own models) and
+        # training keep nn.Linear.
+        head = self.lm_head
+        return (
+            not torch.is_grad_enabled() and x.device.type == "cpu" and head.weight.numel() >= _TRANSPOSED_HEAD_MIN
+            and type(head) is nn.Linear and head.bias is None and not head._forward_hooks and not head._forward_pre_hooks
+        )
+
+    def _transposed_head_weight(self) -> Tensor:
+        """A (d_model, vocab_size) contiguous copy of the LM head's weight, remade whenever the weight changes."""
+        weight = self.lm_head.weight
+        key = (weight.data_ptr(), weight._version, weight.dtype, weight.shape)
+        cached = self.__dict__.get("_head_t")
+        if cached is None or cached[0] != key:
+            cached = (key, weight.detach().t().contiguous())
+            self.__dict__["_head_t"] = cached  # a plain attribute: not a parameter, not in the state dict
+        return cached[1]
 
     def new_cache(self, batch_size: int, max_length: int | None = None) -> KVCache:
         """An empty key/value cache for ``batch_size`` sequences of up to ``max_length`` (default block_size) tokens."""

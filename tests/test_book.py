@@ -74,3 +74,12 @@ def test_every_notebook_page_says_how_to_run_it_and_offers_the_notebook(html: Pa
         link = re.search(rf'href="([^"]*_sources/{re.escape(entry)}\.ipynb)"', text)
         assert link, f"{entry}: no download link to {name}.ipynb"
         assert (html / f"_sources/{entry}.ipynb").is_file(), f"{entry}: the download link points to a missing file"
+
+
+def test_every_chapter_links_its_exercise_and_the_glossary(html: Path) -> None:
+    chapters = sorted(entry for entry in toc_files() if re.fullmatch(r"chapters/\d\d_\w+/index", entry))
+    assert len(chapters) == 5, chapters
+    for entry in chapters:
+        hrefs = re.findall(r'href="([^"#]*)', (html / f"{entry}.html").read_text(encoding="utf-8"))
+        for target in ("exercises.html", "appendix/glossary.html"):
+            assert any(h.endswith(f"../{target}") for h in hrefs), f"{entry}: no link to {target}"

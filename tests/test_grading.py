@@ -436,3 +436,26 @@ def test_parallel_grading_from_a_script_piped_on_stdin(tmp_path: Path) -> None:
                           cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == f"[({MAX_SCORE}, None), ({MAX_SCORE}, None)]"
+
+
+def test_assignment_limits_come_from_the_source_notebooks() -> None:
+    from llmcourse.grading import CELL_TIMEOUT_S, NOTEBOOK_TIMEOUT_S
+    from llmcourse.grading.settings import assignment_limits
+
+    def notebook(**asked: object) -> NotebookNode:
+        nb = nbformat.v4.new_notebook()
+        if asked:
+            nb.metadata["llmcourse"] = asked
+        return nb
+
+    assert assignment_limits([notebook()]) == (CELL_TIMEOUT_S, NOTEBOOK_TIMEOUT_S)
+    assert assignment_limits([notebook(), notebook(cell_timeout=600), notebook(notebook_timeout=900)]) == (600, 900)
+    assert assignment_limits([notebook(cell_timeout=5)]) == (CELL_TIMEOUT_S, NOTEBOOK_TIMEOUT_S), "never below the defaults"
+    for bad in (0, -5, "600", 1.5, True):
+        with pytest.raises(ValueError, match="cell_timeout must be a positive number of seconds"):
+            assignment_limits([notebook(cell_timeout=bad)])
+    # ex04 fine-tunes a model in one cell: its notebooks ask for more than the defaults, and the
+    # learner's release says the same, so `llmcourse validate` gives that cell the same room.
+    for folder in (SOLUTIONS_DIR, EXERCISES_DIR):
+        nb = nbformat.read(folder / "ex04_finetuning" / "ex04_finetuning.ipynb", as_version=4)
+        assert assignment_limits([nb]) == (600, 1200)

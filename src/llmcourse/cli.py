@@ -187,10 +187,12 @@ def build_parser() -> argparse.ArgumentParser:
     grade.add_argument("--feedback", type=Path, metavar="DIR", help="write one HTML feedback page per submission")
     grade.add_argument("--jobs", "-j", type=_positive, default=1, metavar="N",
                        help="grade N submissions at a time, each process in its own course (default 1)")
-    grade.add_argument("--timeout", type=_positive, default=CELL_TIMEOUT_S, metavar="SECONDS",
-                       help=f"interrupt a cell after this long; it then fails (default {CELL_TIMEOUT_S})")
-    grade.add_argument("--notebook-timeout", type=_positive, default=NOTEBOOK_TIMEOUT_S, metavar="SECONDS",
-                       help=f"stop a notebook after this long; its remaining cells fail (default {NOTEBOOK_TIMEOUT_S})")
+    grade.add_argument("--timeout", type=_positive, default=None, metavar="SECONDS",
+                       help="interrupt a cell after this long; it then fails (default: what the assignment "
+                            f"asks for in its notebook metadata, else {CELL_TIMEOUT_S})")
+    grade.add_argument("--notebook-timeout", type=_positive, default=None, metavar="SECONDS",
+                       help="stop a notebook after this long; its remaining cells fail (default: what the "
+                            f"assignment asks for, else {NOTEBOOK_TIMEOUT_S})")
     grade.add_argument("--csv", type=Path, metavar="FILE",
                        help="write the grades as CSV: student, submission, score, max_score, one column per test, error")
     grade.add_argument("--cache", type=Path, metavar="FILE",

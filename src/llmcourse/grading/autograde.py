@@ -34,7 +34,7 @@ from .course import GradingCourse, GradingError, last_error_line, source_folder
 from .executor import NOTEBOOK_TIMEOUT_S, STOPS
 from .notebooks import SubmissionError, check_assignment, graded_cells, load_notebook, restore_missing_cells
 from .sandbox import probe
-from .settings import CELL_TIMEOUT_S, SOLUTIONS_DIR
+from .settings import SOLUTIONS_DIR, assignment_limits
 
 
 class SandboxWarning(UserWarning):
@@ -423,19 +423,24 @@ def _grade_in_workers(submissions: list[Submission], todo: list[int], options: d
 
 def grade(assignment: str, paths: Sequence[Path], feedback_dir: Path | None = None,
           solutions_dir: Path = SOLUTIONS_DIR, progress: bool = True, jobs: int = 1,
-          cell_timeout: int = CELL_TIMEOUT_S, notebook_timeout: int = NOTEBOOK_TIMEOUT_S,
+          cell_timeout: int | None = None, notebook_timeout: int | None = None,
           cache: Path | None = None, force: bool = False) -> list[GradeResult]:
     """Grade every submission found in ``paths`` against ``solutions_dir/<assignment>``.
 
     With ``jobs`` > 1, that many worker processes grade in parallel, each in its own course.
     A cell running longer than ``cell_timeout`` seconds is interrupted and fails; a notebook
     running longer than ``notebook_timeout`` seconds is stopped, its remaining cells failing.
-    With ``cache`` (a JSON-lines file), submissions graded before with the same source, limits
+    Left out, both come from the assignment (``settings.assignment_limits``: 60 s and 300 s
+    unless its notebooks ask for more). With ``cache`` (a JSON-lines file), submissions graded before with the same source, limits
     and content are not graded again (unless ``force``), and new results are added to it.
     Results come in the order the submissions were found.
     """
     sources = sorted(source_folder(assignment, solutions_dir).glob("*.ipynb"))
-    max_score = sum(points for path in sources for _, points in graded_cells(nbformat.read(path, as_version=4)))
+    source_notebooks = [nbformat.read(path, as_version=4) for path in sources]
+    max_score = sum(points for nb in source_notebooks for _, points in graded_cells(nb))
+    own_cell, own_notebook = assignment_limits(source_notebooks)
+    cell_timeout = own_cell if cell_timeout is None else cell_timeout
+    notebook_timeout = own_notebook if notebook_timeout is None else notebook_timeout
     submissions = find_submissions(paths, assignment, [path.stem for path in sources])
     feedback_dir = feedback_dir.resolve() if feedback_dir is not None else None
     settings = f"{assignment}\0{source_hash(assignment, solutions_dir)}\0{cell_timeout}\0{notebook_timeout}"

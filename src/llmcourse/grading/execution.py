@@ -12,7 +12,7 @@ from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernel
 from nbformat import NotebookNode
 
 from .notebooks import load_notebook, nbgrader_meta
-from .settings import CELL_TIMEOUT_S, OUTPUTS_TIMEOUT_S
+from .settings import OUTPUTS_TIMEOUT_S, assignment_limits
 
 
 @dataclass
@@ -69,12 +69,16 @@ def _client(nb: NotebookNode, folder: Path, timeout: int, allow_errors: bool, ke
                           extra_arguments=["--IPKernelApp.log_level=ERROR"])
 
 
-def validate_notebook(path: Path, timeout: int = CELL_TIMEOUT_S) -> ValidationReport:
+def validate_notebook(path: Path, timeout: int | None = None) -> ValidationReport:
     """Run every cell of the notebook at ``path`` (in its folder) and report its test cells.
+
+    ``timeout``: seconds per cell; by default the notebook's own (``settings.assignment_limits``).
 
     Raises SubmissionError when the file is not a readable notebook.
     """
     nb = load_notebook(path)
+    if timeout is None:
+        timeout = assignment_limits([nb])[0]
     report = ValidationReport(notebook=path)
     kernel = nb.metadata.get("kernelspec", {}).get("name") or "python3"
     if kernel not in KernelSpecManager().find_kernel_specs():

@@ -9,8 +9,10 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 
+from nbformat import NotebookNode
 from nbgrader.converters import Autograde
 from nbgrader.preprocessors import Execute
 from traitlets.config import Config
@@ -25,6 +27,25 @@ EXERCISES_DIR = REPO_ROOT / "exercises"
 CELL_TIMEOUT_S = 60  # per cell, while grading and validating (nbgrader's default is 30 s)
 OUTPUTS_TIMEOUT_S = 600  # per cell, when re-executing the book's notebooks
 GRADER_KERNEL = "llmcourse-grader"
+
+
+def assignment_limits(notebooks: Iterable[NotebookNode]) -> tuple[int, int]:
+    """Seconds per cell and per notebook that an assignment's notebooks ask for, else the defaults.
+
+    A notebook whose cells legitimately run long (ex04 fine-tunes a model) says so in its
+    metadata, ``"llmcourse": {"cell_timeout": 600, "notebook_timeout": 1200}``; grading reads
+    it from the instructor's source notebooks, never from a submission.
+    """
+    cell, notebook = CELL_TIMEOUT_S, NOTEBOOK_TIMEOUT_S
+    for nb in notebooks:
+        asked = nb.metadata.get("llmcourse", {})
+        for name in ("cell_timeout", "notebook_timeout"):
+            value = asked.get(name)
+            if value is not None and (type(value) is not int or value <= 0):
+                raise ValueError(f"notebook metadata llmcourse.{name} must be a positive number of seconds, got {value!r}")
+        cell = max(cell, asked.get("cell_timeout") or 0)
+        notebook = max(notebook, asked.get("notebook_timeout") or 0)
+    return cell, notebook
 
 
 def exchange_root() -> Path:
@@ -115,7 +136,7 @@ def grading_config(root: Path, kernels_dir: Path, cell_timeout: int = CELL_TIMEO
 
 
 __all__ = [
-    "CELL_TIMEOUT_S", "EXERCISES_DIR", "GRADER_KERNEL", "GraderExecute", "GraderKernelManager",
+    "CELL_TIMEOUT_S", "EXERCISES_DIR", "GRADER_KERNEL", "assignment_limits", "GraderExecute", "GraderKernelManager",
     "NOTEBOOK_TIMEOUT_S", "OUTPUTS_TIMEOUT_S", "REPO_ROOT", "SOLUTIONS_DIR", "apply_grading_settings",
     "exchange_root", "grading_config", "kernel_argv", "put_interpreter_on_path", "write_kernelspec",
 ]

@@ -26,3 +26,29 @@ def test_a_run_prints_and_writes_its_results(tmp_path, monkeypatch: pytest.Monke
     ratio = saved["results"]["attention_time_vs_torch"]
     assert 0.1 < ratio < 10
     assert "attention_time_vs_torch" in capsys.readouterr().out
+
+
+def test_every_key_has_its_goal_and_verdicts_follow_the_direction() -> None:
+    assert set(run.GOALS) == KEYS
+    assert run.verdict("attention_time_vs_torch", 0.90).endswith("met")
+    assert run.verdict("attention_time_vs_torch", 0.96).endswith("MISSED")
+    assert run.verdict("kv_cache_speedup", 5.0).endswith("met")
+    assert run.verdict("kv_cache_speedup", 4.99).endswith("MISSED")
+    assert run.verdict("attention_ms_ours", 1.0) == ""  # supporting figures have no goal
+
+
+def test_a_failing_benchmark_is_reported_and_the_others_kept(tmp_path, monkeypatch: pytest.MonkeyPatch,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    def broken(repeats: int) -> dict[str, float]:
+        raise RuntimeError("no such model")
+
+    monkeypatch.setattr(run, "RESULTS", tmp_path)
+    monkeypatch.setattr(run, "BENCHMARKS", {"broken": broken, "kv_cache_speedup": lambda repeats: {"kv_cache_speedup": 6.0}})
+    with pytest.raises(SystemExit) as stopped:
+        run.main([])
+    assert stopped.value.code == 1
+    saved = json.loads((tmp_path / "latest.json").read_text())
+    assert saved["results"] == {"kv_cache_speedup": 6.0}
+    assert saved["failed"] == {"broken": "RuntimeError: no such model"}
+    out = capsys.readouterr().out
+    assert "broken" in out and "no such model" in out and "goal >= 5: met" in out

@@ -47,7 +47,7 @@ system-deps:
 WORKERS ?= 2
 test: $(STAMP) system-deps
 	$(PY) -m pytest --nbval --nbval-sanitize-with tests/nbval_sanitize.cfg -ra --durations=15 \
-		-n $(WORKERS) --dist loadscope --warm-course-models $(PYTEST_ARGS)
+		-n $(WORKERS) --dist loadscope --no-loadscope-reorder --warm-course-models $(PYTEST_ARGS)
 
 lab: $(STAMP)
 	$(PY) -m llmcourse.cli lab

@@ -63,3 +63,31 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         start = time.perf_counter()
         models.load_course_model(name, progress=False)
         print(f"course model {name!r} ready in {time.perf_counter() - start:.1f} s")
+
+
+# The slowest modules, slowest first (minutes each in a fresh-clone CI run on 2 cores). pytest-xdist
+# hands whole modules to its two workers as they free up; starting with the longest ones keeps one
+# worker from running a ten-minute notebook alone at the end while the other has nothing left.
+# `make test` passes --no-loadscope-reorder so that xdist keeps this order (it would otherwise sort
+# modules by their number of tests). A module missing from the list only runs later.
+SLOWEST_FIRST = (
+    "chapters/04_finetuning/02_strategies.ipynb",
+    "chapters/03_pretraining/04_scaling_and_cost.ipynb",
+    "chapters/04_finetuning/04_hugging_face_way.ipynb",
+    "chapters/04_finetuning/01_fine_tuning_step_by_step.ipynb",
+    "tests/test_grading_ex04.py",
+    "chapters/04_finetuning/05_fine_tuning_a_gpt.ipynb",
+    "chapters/04_finetuning/03_overfitting.ipynb",
+    "tests/test_grading_ex03.py",
+    "solutions/ex04_finetuning/ex04_finetuning.ipynb",
+    "tests/test_hostile.py",
+    "tests/test_grading.py",
+    "chapters/03_pretraining/02_training_a_gpt.ipynb",
+    "tests/test_grading_ex05.py",
+)
+
+
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Run the slowest modules first; the order of the tests inside a module is kept."""
+    rank = {path: i for i, path in enumerate(SLOWEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))  # a stable sort

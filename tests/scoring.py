@@ -4,7 +4,7 @@
 A grading test builds its submissions from the instructor's solution (``answers``), changes
 some cells (``edited``: a bug planted in the solution's own text, so the test notices when the
 solution changes), puts them into the released notebook (``submission``) and grades them all
-at once (``grade_notebooks``).
+at once (``grade_notebooks``). ``GradingSuite`` holds the tests every assignment's grading gets.
 """
 
 from __future__ import annotations
@@ -12,9 +12,10 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import nbformat
+import pytest
 from nbformat import NotebookNode
 
 from llmcourse.grading import EXERCISES_DIR, SOLUTIONS_DIR, GradeResult, grade
@@ -119,3 +120,72 @@ def report_seconds(exercise: str, graded: Mapping[str, GradeResult]) -> dict[str
           + ", ".join(f"{name} {s:.1f}" for name, s in sorted(seconds.items()))
           + f"; mean {sum(seconds.values()) / len(seconds):.1f}")
     return seconds
+
+
+class GradingSuite:
+    """The end-to-end grading tests of one assignment, all submissions graded in one ``grade`` call.
+
+    A subclass named ``Test...`` in the assignment's test module says what to grade: the
+    assignment, its points per test cell, ``mistakes`` (each a submission and the test cells it
+    must fail, every other one passing with full marks), correct ``alternatives``, and a
+    ``cheat`` (monkeypatching, answers made up for the visible inputs) that fools every visible
+    test and must earn only ``cheat_passes``. The solution must get full marks and the released
+    notebook, left unfilled, zero without an error.
+    """
+
+    assignment: ClassVar[Assignment]
+    points: ClassVar[dict[str, float]]
+    mistakes: ClassVar[dict[str, tuple[NotebookNode, set[str]]]]
+    alternatives: ClassVar[dict[str, NotebookNode]]
+    cheat: ClassVar[NotebookNode]
+    cheat_passes: ClassVar[set[str]] = set()
+    seconds_limit: ClassVar[float | None] = None  # per submission, two graded at a time
+
+    def pytest_generate_tests(self, metafunc: pytest.Metafunc) -> None:
+        if "mistake" in metafunc.fixturenames:
+            metafunc.parametrize("mistake", sorted(self.mistakes))
+        if "alternative" in metafunc.fixturenames:
+            metafunc.parametrize("alternative", sorted(self.alternatives))
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def graded(cls, tmp_path_factory: pytest.TempPathFactory) -> dict[str, GradeResult]:
+        """Every submission graded in one call with two workers; results by name."""
+        notebooks = {
+            "solution": cls.assignment.read_solution(),
+            "unfilled": cls.assignment.read_release(),
+            "cheat": cls.cheat,
+            **cls.alternatives,
+            **{name: nb for name, (nb, _) in cls.mistakes.items()},
+        }
+        return cls.assignment.grade_notebooks(tmp_path_factory.mktemp("submissions"), notebooks)
+
+    def check(self, result: GradeResult, failing: set[str]) -> None:
+        score_checker(self.points)(result, failing)
+
+    def test_solution_gets_full_marks(self, graded: dict[str, GradeResult]) -> None:
+        self.check(graded["solution"], set())
+
+    def test_unfilled_release_gets_zero_without_error(self, graded: dict[str, GradeResult]) -> None:
+        self.check(graded["unfilled"], set(self.points))
+        assert graded["unfilled"].score == 0
+
+    def test_each_mistake_loses_its_part_and_keeps_the_others(self, graded: dict[str, GradeResult], mistake: str) -> None:
+        self.check(graded[mistake], self.mistakes[mistake][1])
+
+    def test_correct_alternatives_get_full_marks(self, graded: dict[str, GradeResult], alternative: str) -> None:
+        self.check(graded[alternative], set())
+
+    def test_cheat_passes_the_visible_tests(self, tmp_path: Path) -> None:
+        # The cheat is a fair test of the hidden tests only if it fools every visible one.
+        report = self.assignment.validate(self.cheat, tmp_path)
+        assert report.passed, report.summary()
+
+    def test_cheat_earns_only_what_it_really_did(self, graded: dict[str, GradeResult]) -> None:
+        self.check(graded["cheat"], set(self.points) - self.cheat_passes)
+
+    def test_grading_time(self, graded: dict[str, GradeResult]) -> None:
+        seconds = report_seconds(self.assignment.name, graded)
+        assert len(seconds) == 3 + len(self.alternatives) + len(self.mistakes)
+        if self.seconds_limit is not None:
+            assert max(seconds.values()) < self.seconds_limit, f"grading one submission must take under {self.seconds_limit} s"

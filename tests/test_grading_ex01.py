@@ -4,19 +4,12 @@ a correct alternative and a cheat, all graded by nbgrader in one `grade` call ov
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import pytest
-from nbformat import NotebookNode
-from scoring import Assignment, edited, report_seconds, score_checker
-
-from llmcourse.grading import GradeResult
+from scoring import Assignment, GradingSuite, edited
 
 EX = Assignment("ex01_language_models")
 POINTS = {"test_bigram_counts": 2, "test_bigram_prob": 2, "test_bigram_distribution": 1,
           "test_perplexity": 3, "test_perplexity_zero": 1,
           "test_pair_counts": 1, "test_merge": 2, "test_bpe_step": 2}
-TESTS = list(POINTS)
 
 
 A = EX.answers
@@ -277,56 +270,11 @@ def bpe_step(ids, new_id):
 CHEAT_PASSES = {"test_pair_counts"}
 
 
-@pytest.fixture(scope="module")
-def graded(tmp_path_factory: pytest.TempPathFactory) -> dict[str, GradeResult]:
-    """Grade every submission in one call with two workers; results by file stem."""
-    notebooks: dict[str, NotebookNode] = {
-        "solution": EX.read_solution(),
-        "unfilled": EX.read_release(),
-        "alternative": submission(ALTERNATIVE),
-        "alternative_2": submission(ALTERNATIVE_2),
-        "cheat": submission(CHEAT),
-        **{name: submission(changes) for name, (changes, _) in BUGS.items()},
-    }
-    return EX.grade_notebooks(tmp_path_factory.mktemp("submissions"), notebooks)
-
-
-check_scores = score_checker(POINTS)
-
-
-# --- the tests ------------------------------------------------------------------------------
-
-def test_solution_gets_full_marks(graded: dict[str, GradeResult]) -> None:
-    check_scores(graded["solution"], set())
-
-
-def test_unfilled_release_gets_zero_without_error(graded: dict[str, GradeResult]) -> None:
-    check_scores(graded["unfilled"], set(TESTS))
-    assert graded["unfilled"].score == 0
-
-
-@pytest.mark.parametrize("variant", sorted(BUGS))
-def test_each_mistake_loses_its_part_and_keeps_the_others(graded: dict[str, GradeResult], variant: str) -> None:
-    check_scores(graded[variant], BUGS[variant][1])
-
-
-@pytest.mark.parametrize("name", ["alternative", "alternative_2"])
-def test_correct_alternatives_get_full_marks(graded: dict[str, GradeResult], name: str) -> None:
-    check_scores(graded[name], set())
-
-
-def test_cheat_passes_the_visible_tests(tmp_path: Path) -> None:
-    # The cheat is a fair test of the hidden tests only if it fools every visible one.
-    report = EX.validate(submission(CHEAT), tmp_path)
-    assert report.passed, report.summary()  # (its demo cells may fail: they are not graded)
-
-
-def test_monkeypatching_does_not_earn_marks(graded: dict[str, GradeResult]) -> None:
-    # Only its get_pair_counts, which is right, earns its point.
-    check_scores(graded["cheat"], set(TESTS) - CHEAT_PASSES)
-
-
-def test_grading_is_fast_enough(graded: dict[str, GradeResult]) -> None:
-    seconds = report_seconds("ex01", graded)
-    assert len(seconds) == 5 + len(BUGS)
-    assert max(seconds.values()) < 60, "grading one submission on CPU must take under a minute"
+class TestGradingEx01(GradingSuite):
+    assignment = EX
+    points = POINTS
+    mistakes = {name: (submission(changes), failing) for name, (changes, failing) in BUGS.items()}
+    alternatives = {"alternative": submission(ALTERNATIVE), "alternative_2": submission(ALTERNATIVE_2)}
+    cheat = submission(CHEAT)
+    cheat_passes = CHEAT_PASSES  # its get_pair_counts is right and earns its point
+    seconds_limit = 60

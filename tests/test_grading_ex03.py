@@ -9,18 +9,12 @@ marked on their own, so a mistake in part 1 and one in part 2 can share a submis
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import pytest
 from nbformat import NotebookNode
-from scoring import Assignment, edited, report_seconds, score_checker
-
-from llmcourse.grading import GradeResult
+from scoring import Assignment, GradingSuite, edited
 
 EX = Assignment("ex03_pretraining")
 POINTS = {"test_mask_structure": 1, "test_mask_special": 1, "test_mask_selection": 1, "test_mask_replacement": 2,
           "test_clm_loss": 2, "test_clm_padding": 1, "test_train_loop": 1, "test_train_target": 3}
-TESTS = list(POINTS)
 PART3 = {"test_train_loop", "test_train_target"}
 
 
@@ -213,54 +207,12 @@ def held_out_loss(model, n_windows=64):
 }
 
 
-@pytest.fixture(scope="module")
-def graded(tmp_path_factory: pytest.TempPathFactory) -> dict[str, GradeResult]:
-    """Grade every submission in one call with two workers; results by file stem."""
-    notebooks: dict[str, NotebookNode] = {
-        "solution": EX.read_solution(),
-        "unfilled": EX.read_release(),
-        "alternative": submission(ALTERNATIVE),
-        "cheat": submission(CHEAT),
-        **{name: submission(changes, train) for name, (changes, train, _) in BUGS.items()},
-    }
-    return EX.grade_notebooks(tmp_path_factory.mktemp("submissions"), notebooks)
-
-
-check_scores = score_checker(POINTS)
-
-
-# --- the tests ------------------------------------------------------------------------------
-
-def test_solution_gets_full_marks(graded: dict[str, GradeResult]) -> None:
-    check_scores(graded["solution"], set())
-
-
-def test_unfilled_release_gets_zero_without_error(graded: dict[str, GradeResult]) -> None:
-    check_scores(graded["unfilled"], set(TESTS))
-    assert graded["unfilled"].score == 0
-
-
-@pytest.mark.parametrize("variant", sorted(BUGS))
-def test_each_mistake_loses_its_part_and_keeps_the_others(graded: dict[str, GradeResult], variant: str) -> None:
-    _, train, failing = BUGS[variant]
-    check_scores(graded[variant], failing | (set() if train else PART3))
-
-
-def test_correct_alternative_gets_full_marks(graded: dict[str, GradeResult]) -> None:
-    check_scores(graded["alternative"], set())
-
-
-def test_cheat_passes_the_visible_tests(tmp_path: Path) -> None:
-    # The cheat is a fair test of the hidden tests only if it fools every visible one.
-    report = EX.validate(submission(CHEAT), tmp_path)
-    assert report.passed, report.summary()
-
-
-def test_monkeypatching_and_made_up_training_earn_nothing(graded: dict[str, GradeResult]) -> None:
-    check_scores(graded["cheat"], set(TESTS))
-
-
-def test_grading_is_fast_enough(graded: dict[str, GradeResult]) -> None:
-    seconds = report_seconds("ex03", graded)
-    assert len(seconds) == 4 + len(BUGS)
-    assert max(seconds.values()) < 90, "grading one submission on CPU must take about a minute at most"
+class TestGradingEx03(GradingSuite):
+    assignment = EX
+    points = POINTS
+    # A submission that leaves part 3 as released fails its tests too.
+    mistakes = {name: (submission(changes, train), failing | (set() if train else PART3))
+                for name, (changes, train, failing) in BUGS.items()}
+    alternatives = {"alternative": submission(ALTERNATIVE)}
+    cheat = submission(CHEAT)  # monkeypatching and a made-up training loss earn nothing
+    seconds_limit = 90

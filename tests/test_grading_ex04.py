@@ -9,18 +9,12 @@ different parts can share a submission.
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import pytest
 from nbformat import NotebookNode
-from scoring import Assignment, edited, report_seconds, score_checker
-
-from llmcourse.grading import GradeResult
+from scoring import Assignment, GradingSuite, edited
 
 EX = Assignment("ex04_finetuning")
 POINTS = {"test_lora_start": 1, "test_lora_trainable": 1, "test_lora_values": 2, "test_lora_merge": 2,
           "test_add_lora": 2, "test_fine_tune": 4}
-TESTS = list(POINTS)
 PART4 = {"test_fine_tune"}
 # The time limits are the assignment's own (600 s per cell, 1200 s per notebook, in the solution's
 # metadata), as `llmcourse grade` reads them: on an idle CPU the solution grades in about a minute.
@@ -163,53 +157,12 @@ def accuracy(model, examples, batch_size=50):
 CHEAT_PASSES = {"test_lora_start", "test_lora_trainable", "test_add_lora"}
 
 
-@pytest.fixture(scope="module")
-def graded(tmp_path_factory: pytest.TempPathFactory) -> dict[str, GradeResult]:
-    """Grade every submission in one call with two workers; results by file stem."""
-    notebooks: dict[str, NotebookNode] = {
-        "solution": EX.read_solution(),
-        "unfilled": EX.read_release(),
-        "alternative": submission(ALTERNATIVE),
-        "cheat": submission(CHEAT),
-        **{name: submission(changes, train) for name, (changes, train, _) in BUGS.items()},
-    }
-    return EX.grade_notebooks(tmp_path_factory.mktemp("submissions"), notebooks)
-
-
-check_scores = score_checker(POINTS)
-
-
-# --- the tests ------------------------------------------------------------------------------
-
-def test_solution_gets_full_marks(graded: dict[str, GradeResult]) -> None:
-    check_scores(graded["solution"], set())
-
-
-def test_unfilled_release_gets_zero_without_error(graded: dict[str, GradeResult]) -> None:
-    check_scores(graded["unfilled"], set(TESTS))
-    assert graded["unfilled"].score == 0
-
-
-@pytest.mark.parametrize("variant", sorted(BUGS))
-def test_each_mistake_loses_its_part_and_keeps_the_others(graded: dict[str, GradeResult], variant: str) -> None:
-    _, train, failing = BUGS[variant]
-    check_scores(graded[variant], failing | (set() if train else PART4))
-
-
-def test_correct_alternative_gets_full_marks(graded: dict[str, GradeResult]) -> None:
-    check_scores(graded["alternative"], set())
-
-
-def test_cheat_passes_the_visible_tests(tmp_path: Path) -> None:
-    # The cheat is a fair test of the hidden tests only if it fools every visible one.
-    report = EX.validate(submission(CHEAT), tmp_path)
-    assert report.passed, report.summary()
-
-
-def test_monkeypatching_and_made_up_training_earn_nothing_more(graded: dict[str, GradeResult]) -> None:
-    check_scores(graded["cheat"], set(TESTS) - CHEAT_PASSES)
-
-
-def test_grading_time(graded: dict[str, GradeResult]) -> None:
-    seconds = report_seconds("ex04", graded)
-    assert len(seconds) == 4 + len(BUGS)
+class TestGradingEx04(GradingSuite):
+    assignment = EX
+    points = POINTS
+    # A submission that leaves part 4 as released fails its test too.
+    mistakes = {name: (submission(changes, train), failing | (set() if train else PART4))
+                for name, (changes, train, failing) in BUGS.items()}
+    alternatives = {"alternative": submission(ALTERNATIVE)}
+    cheat = submission(CHEAT)  # monkeypatching and made-up training earn only its honest LoRA parts
+    cheat_passes = CHEAT_PASSES

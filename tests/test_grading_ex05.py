@@ -7,19 +7,12 @@ where only its own ingredient matters), so mistakes in different parts share sub
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import pytest
-from nbformat import NotebookNode
-from scoring import Assignment, edited, report_seconds, score_checker
-
-from llmcourse.grading import GradeResult
+from scoring import Assignment, GradingSuite, edited
 
 EX = Assignment("ex05_applications")
 POINTS = {"test_top_k": 2, "test_top_p_values": 2, "test_top_p_edges": 2,
           "test_generate_tokens": 2, "test_generate_cache": 2, "test_generate_sampling": 1,
           "test_bleu_precision": 2, "test_bleu_brevity": 1, "test_bleu_smoothing": 2}
-TESTS = list(POINTS)
 GENERATE = {"test_generate_tokens", "test_generate_cache", "test_generate_sampling"}
 
 A = EX.answers
@@ -252,53 +245,10 @@ _sacrebleu.sentence_bleu = lambda hypothesis, references, **kwargs: _Score(sente
 }
 
 
-@pytest.fixture(scope="module")
-def graded(tmp_path_factory: pytest.TempPathFactory) -> dict[str, GradeResult]:
-    """Grade every submission in one call with two workers; results by file stem."""
-    notebooks: dict[str, NotebookNode] = {
-        "solution": EX.read_solution(),
-        "unfilled": EX.read_release(),
-        "alternative": EX.submission(ALTERNATIVE),
-        "cheat": EX.submission(CHEAT),
-        **{name: EX.submission(changes) for name, (changes, _) in BUGS.items()},
-    }
-    return EX.grade_notebooks(tmp_path_factory.mktemp("submissions"), notebooks)
-
-
-check_scores = score_checker(POINTS)
-
-
-# --- the tests ------------------------------------------------------------------------------
-
-def test_solution_gets_full_marks(graded: dict[str, GradeResult]) -> None:
-    check_scores(graded["solution"], set())
-
-
-def test_unfilled_release_gets_zero_without_error(graded: dict[str, GradeResult]) -> None:
-    check_scores(graded["unfilled"], set(TESTS))
-    assert graded["unfilled"].score == 0
-
-
-@pytest.mark.parametrize("variant", sorted(BUGS))
-def test_each_mistake_loses_its_part_and_keeps_the_others(graded: dict[str, GradeResult], variant: str) -> None:
-    check_scores(graded[variant], BUGS[variant][1])
-
-
-def test_correct_alternative_gets_full_marks(graded: dict[str, GradeResult]) -> None:
-    check_scores(graded["alternative"], set())
-
-
-def test_cheat_passes_the_visible_tests(tmp_path: Path) -> None:
-    # The cheat is a fair test of the hidden tests only if it fools every visible one.
-    report = EX.validate(EX.submission(CHEAT), tmp_path)
-    assert report.passed, report.summary()
-
-
-def test_monkeypatching_and_answering_the_visible_inputs_earn_nothing(graded: dict[str, GradeResult]) -> None:
-    check_scores(graded["cheat"], set(TESTS))
-
-
-def test_grading_is_fast_enough(graded: dict[str, GradeResult]) -> None:
-    seconds = report_seconds("ex05", graded)
-    assert len(seconds) == 4 + len(BUGS)
-    assert max(seconds.values()) < 60, "grading one submission on CPU must take under a minute"
+class TestGradingEx05(GradingSuite):
+    assignment = EX
+    points = POINTS
+    mistakes = {name: (EX.submission(changes), failing) for name, (changes, failing) in BUGS.items()}
+    alternatives = {"alternative": EX.submission(ALTERNATIVE)}
+    cheat = EX.submission(CHEAT)  # monkeypatching and answering the visible inputs earn nothing
+    seconds_limit = 60

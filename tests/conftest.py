@@ -23,6 +23,21 @@ def built_book(tmp_path_factory: pytest.TempPathFactory):
     return book.build(root, output=tmp_path_factory.mktemp("book"))
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module's tests (``pytestmark = pytest.mark.usefixtures("one_thread")``).
+
+    Their models are tiny: a second thread only adds synchronisation, and with two pytest-xdist
+    workers on two cores, spinning OpenMP threads slow every step down many times over.
+    """
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
         "--warm-course-models", action="store_true",

@@ -31,14 +31,7 @@ from llmcourse.pretraining import TrainConfig, train
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # These models are tiny: a second thread only adds synchronisation, and on a busy machine
-    # (pytest-xdist workers, other jobs) spinning threads slow every step down many times over.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 def tiny_bert(seed: int = 0, attn: str = "sdpa", num_labels: int = 3) -> BertForSequenceClassification:

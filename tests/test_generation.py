@@ -16,13 +16,7 @@ from llmcourse.generation import (
 from llmcourse.transformer import GPT, GPTConfig
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Decoding tiny models is hundreds of tiny ops per token: a second thread only adds sync costs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 def random_logits(seed: int, batch: int = 4, vocab: int = 50, scale: float = 3.0) -> torch.Tensor:

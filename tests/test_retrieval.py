@@ -19,13 +19,7 @@ from llmcourse.retrieval import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """MiniLM on short texts: one thread avoids the sync costs of a second one on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 TEXTS = [

@@ -164,6 +164,10 @@ def test_large_heads_decode_through_a_transposed_copy_kept_in_step_with_the_weig
     uncached = generate(model, ids[:1, :4], 6, temperature=0, use_cache=False)
     assert torch.equal(generate(model, ids[:1, :4], 6, temperature=0), uncached)
     assert torch.equal(uncached[:, 4:5], model(ids[:1, :4]).argmax(-1)[:, -1:])
+    # A model built under inference_mode has no version counter: it decodes through nn.Linear.
+    with torch.inference_mode():
+        built_there = random_gpt(vocab_size=50257)
+        torch.testing.assert_close(built_there(ids, last_only=True)[:, 0], built_there(ids)[:, -1])
 
 
 def test_cache_size_reorder_and_errors() -> None:

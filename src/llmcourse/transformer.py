@@ -343,6 +343,7 @@ class GPT(_Checkpointable):
         return (
             not torch.is_grad_enabled() and x.device.type == "cpu" and head.weight.numel() >= _TRANSPOSED_HEAD_MIN
             and type(head) is nn.Linear and head.bias is None and not head._forward_hooks and not head._forward_pre_hooks
+            and not head.weight.is_inference()  # made under torch.inference_mode: no version counter to key the copy on
         )
 
     def _transposed_head_weight(self) -> Tensor:

@@ -431,8 +431,9 @@ def grade(assignment: str, paths: Sequence[Path], feedback_dir: Path | None = No
     A cell running longer than ``cell_timeout`` seconds is interrupted and fails; a notebook
     running longer than ``notebook_timeout`` seconds is stopped, its remaining cells failing.
     Left out, both come from the assignment (``settings.assignment_limits``: 60 s and 300 s
-    unless its notebooks ask for more). With ``cache`` (a JSON-lines file), submissions graded before with the same source, limits
-    and content are not graded again (unless ``force``), and new results are added to it.
+    unless its notebooks ask for more). With ``cache`` (a JSON-lines file), submissions graded
+    before with the same source, limits and content are not graded again (unless ``force``),
+    and new results are added to it.
     Results come in the order the submissions were found.
     """
     sources = sorted(source_folder(assignment, solutions_dir).glob("*.ipynb"))

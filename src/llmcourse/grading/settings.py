@@ -136,7 +136,7 @@ def grading_config(root: Path, kernels_dir: Path, cell_timeout: int = CELL_TIMEO
 
 
 __all__ = [
-    "CELL_TIMEOUT_S", "EXERCISES_DIR", "GRADER_KERNEL", "assignment_limits", "GraderExecute", "GraderKernelManager",
-    "NOTEBOOK_TIMEOUT_S", "OUTPUTS_TIMEOUT_S", "REPO_ROOT", "SOLUTIONS_DIR", "apply_grading_settings",
+    "CELL_TIMEOUT_S", "EXERCISES_DIR", "GRADER_KERNEL", "GraderExecute", "GraderKernelManager",
+    "NOTEBOOK_TIMEOUT_S", "OUTPUTS_TIMEOUT_S", "REPO_ROOT", "SOLUTIONS_DIR", "apply_grading_settings", "assignment_limits",
     "exchange_root", "grading_config", "kernel_argv", "put_interpreter_on_path", "write_kernelspec",
 ]

@@ -167,6 +167,11 @@ def main(argv: list[str] | None = None) -> None:
     seconds: dict[str, float] = {}
     failed: dict[str, str] = {}
     RESULTS.mkdir(exist_ok=True)
+
+    def save() -> None:  # after every benchmark: an interrupted run keeps what it measured
+        (RESULTS / "latest.json").write_text(json.dumps(
+            {"machine": machine, "results": results, "seconds": seconds, "failed": failed}, indent=2))
+
     for key in args.only or list(BENCHMARKS):
         print(f"[{key}] running...", flush=True)
         start = time.perf_counter()
@@ -175,22 +180,17 @@ def main(argv: list[str] | None = None) -> None:
         except Exception as error:  # one broken benchmark must not lose the others' figures
             failed[key] = f"{type(error).__name__}: {error}"
             print(f"[{key}] FAILED: {failed[key]}", flush=True)
-            continue
-        finally:
-            seconds[key] = time.perf_counter() - start
-        results.update(found)
-        print(f"[{key}] done in {seconds[key]:.0f} s", flush=True)
-        # Written after every benchmark: an interrupted run keeps what it measured.
-        (RESULTS / "latest.json").write_text(json.dumps(
-            {"machine": machine, "results": results, "seconds": seconds, "failed": failed}, indent=2))
+        else:
+            results.update(found)
+            print(f"[{key}] done in {time.perf_counter() - start:.0f} s", flush=True)
+        seconds[key] = time.perf_counter() - start
+        save()
     width = max(map(len, [*results, *failed]))
     print(f"\nmachine: {machine}; total {sum(seconds.values()):.0f} s")
     for key, value in results.items():
         print(f"{key:<{width}}  {value:10.4g}  {verdict(key, value)}")
     for key, why in failed.items():
         print(f"{key:<{width}}  {'failed':>10}  {why}")
-    (RESULTS / "latest.json").write_text(json.dumps(
-        {"machine": machine, "results": results, "seconds": seconds, "failed": failed}, indent=2))
     if failed:
         raise SystemExit(1)
 

@@ -40,8 +40,6 @@ from llmcourse.pretraining import (
 from llmcourse.tokenization import WordTokenizer
 from llmcourse.transformer import GPT, EncoderConfig, GPTConfig, MLMEncoder
 
-torch.set_num_threads(2)
-
 
 def hf_and_ours():
     from transformers import GPT2Config, GPT2LMHeadModel

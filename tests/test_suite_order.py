@@ -1,15 +1,32 @@
-"""The suite's own scheduling list (conftest.SLOWEST_FIRST) names files that exist."""
+"""The suite's own scheduling and time budget (tests/budget.toml, read by conftest.py) make sense."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from conftest import SLOWEST_FIRST
+from conftest import BUDGET, SLOWEST_FIRST, budget_report
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_slowest_first_names_existing_modules() -> None:
-    missing = [path for path in SLOWEST_FIRST if not (ROOT / path).is_file()]
-    assert missing == [], f"renamed or removed, update SLOWEST_FIRST in tests/conftest.py: {missing}"
-    assert len(set(SLOWEST_FIRST)) == len(SLOWEST_FIRST)
+def test_budget_names_existing_modules() -> None:
+    missing = [path for path in BUDGET["modules"] if not (ROOT / path).is_file()]
+    assert missing == [], f"renamed or removed, update tests/budget.toml: {missing}"
+
+
+def test_slowest_modules_run_first() -> None:
+    seconds = [BUDGET["modules"][path] for path in SLOWEST_FIRST]
+    assert seconds == sorted(seconds, reverse=True) and len(SLOWEST_FIRST) == len(BUDGET["modules"])
+
+
+def test_budgets_fit_the_target() -> None:
+    # The slow modules alone, shared by the workers, must leave a fifth of the target for everything else.
+    assert sum(BUDGET["modules"].values()) / BUDGET["workers"] <= 0.8 * BUDGET["pytest_seconds"]
+
+
+def test_budget_report_flags_slow_and_unlisted_modules() -> None:
+    budget = {"modules": {"a.ipynb": 100, "b.py": 10}, "tolerance": 1.5, "unlisted_seconds": 60}
+    seconds = {"a.ipynb": 149.0, "b.py": 16.0, "c.py": 61.0, "d.py": 1.0}
+    lines, over = budget_report(seconds, budget, top=3)
+    assert len(lines) == 4 and lines[1].split()[-1] == "a.ipynb" and f"{149 / 227:.1%}" in lines[1]
+    assert [line.split(":")[0] for line in over] == ["b.py", "c.py"]

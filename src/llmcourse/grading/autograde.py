@@ -33,7 +33,7 @@ from tqdm import tqdm
 from .course import GradingCourse, GradingError, last_error_line, source_folder
 from .executor import NOTEBOOK_TIMEOUT_S, STOPS
 from .notebooks import SubmissionError, check_assignment, graded_cells, load_notebook, restore_missing_cells
-from .sandbox import probe
+from .sandbox import cpu_threads, probe
 from .settings import SOLUTIONS_DIR, assignment_limits
 
 
@@ -478,7 +478,7 @@ def grade(assignment: str, paths: Sequence[Path], feedback_dir: Path | None = No
             for i in todo:
                 record(i, _grade_safely(course, submissions[i], feedback_dir))
     elif todo:
-        threads = max(1, (os.cpu_count() or 1) // workers)
+        threads = max(1, cpu_threads() // workers)
         options = {"assignment": assignment, "solutions_dir": str(solutions_dir), "cell_timeout": cell_timeout,
                    "notebook_timeout": notebook_timeout, "threads": threads,
                    "feedback_dir": str(feedback_dir) if feedback_dir else None}

@@ -248,6 +248,21 @@ class KernelRun:
     marker: str
 
 
+def cpu_threads() -> int:
+    """CPU threads a grading kernel may use: ``OMP_NUM_THREADS`` when set, else every core this process may use.
+
+    A test runner or a scheduler that shares the cores between processes sets ``OMP_NUM_THREADS``;
+    kernels started from such a process keep to it, since processes running more threads than there
+    are cores slow each other down several times over (OpenMP threads spin while they wait).
+    """
+    try:
+        asked = int(os.environ.get("OMP_NUM_THREADS", ""))
+    except ValueError:
+        asked = 0
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(asked, cores) if asked > 0 else cores)
+
+
 def _kernel_env(home: str, threads: int, marker: str, models: str) -> dict[str, str]:
     return {
         "LLMCOURSE_CACHE": models,
@@ -274,7 +289,7 @@ class KernelSandbox:
                  support: Support | None = None):
         self.root = root
         self.limits = limits or Limits()
-        self.threads = threads or max(1, os.cpu_count() or 1)
+        self.threads = threads or cpu_threads()
         self.support = support or probe()
         self.socket_dir = root / "run"
         self.plan_path = root / "kernels" / "sandbox-plan.json"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -176,6 +177,11 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
         terminalreporter.write_line(line)
     for line in over:
         terminalreporter.write_line(f"OVER BUDGET: {line}", yellow=True)
+    record = config.rootpath / "_build" / "test_times.json"  # every module, for whoever updates the budget
+    record.parent.mkdir(exist_ok=True)
+    record.write_text(json.dumps({"wall_seconds": round(wall, 1), "modules": {
+        module: round(spent, 1) for module, spent in sorted(_SECONDS.items(), key=lambda item: -item[1])}}, indent=1))
+    terminalreporter.write_line(f"every module's time: {record.relative_to(config.rootpath)}")
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

@@ -94,6 +94,25 @@ def test_course_model_is_trained_once_then_loaded(quick_recipes, capsys: pytest.
     assert second.info["val_plays"] == first.info["val_plays"] and len(first.info["val_plays"]) == 7
 
 
+def test_a_second_process_waits_for_the_one_training_then_loads(quick_recipes) -> None:
+    import os
+    import subprocess
+    import sys
+    import time
+
+    models.load_course_model("shakespeare-char-gpt", progress=False)  # cached, with the quick recipe
+    code = "from llmcourse import models; models.load_course_model('shakespeare-char-gpt', progress=False); print('loaded')"
+    env = {**os.environ, "LLMCOURSE_CACHE": str(quick_recipes)}
+    with models.course_model_lock("shakespeare-char-gpt"):  # as if this process were still training it
+        other = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(3)
+        assert other.poll() is None, "the second process did not wait for the lock"
+    out, err = other.communicate(timeout=60)
+    assert other.returncode == 0 and out.strip() == "loaded", err
+    assert "Waiting for another process that is training the course model 'shakespeare-char-gpt'" in err
+    assert "Training the course model" not in err  # it loaded what the first one cached
+
+
 def test_course_mlm_encoder_round_trip(quick_recipes) -> None:
     first = models.load_course_model("shakespeare-mlm", progress=False)
     second = models.load_course_model("shakespeare-mlm", progress=False)

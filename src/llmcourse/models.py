@@ -12,13 +12,15 @@ then cached under ``~/.cache/llmcourse`` (or ``$LLMCOURSE_CACHE``).
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import importlib.util
 import json
 import os
 import shutil
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -35,6 +37,7 @@ __all__ = [
     "bpe_corpus",
     "pair_corpus",
     "course_models",
+    "course_model_lock",
     "load_course_model",
 ]
 
@@ -330,14 +333,46 @@ def _load_tokenizer(saved: dict[str, Any]) -> Any:
     return tokenizer
 
 
+@contextlib.contextmanager
+def course_model_lock(name: str) -> Iterator[None]:
+    """Hold the cache's lock on course model ``name`` (an exclusive ``flock`` on ``cache_dir() / f".{name}.lock"``).
+
+    ``load_course_model`` takes it, so that two processes asking for a model that is not cached yet
+    (two notebooks, two test workers) train it once: the second waits, then loads what the first saved.
+    """
+    try:
+        cache = cache_dir()
+        cache.mkdir(parents=True, exist_ok=True)
+        handle = open(cache / f".{name}.lock", "a")
+    except OSError:  # a read-only cache (a grading sandbox mounts it so): nothing can be trained there anyway
+        yield
+        return
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"Waiting for another process that is training the course model {name!r}...", file=sys.stderr)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def load_course_model(name: str, progress: bool = True, retrain: bool = False) -> CourseModel:
     """One of the course's small pretrained models (see ``course_models()``), from the cache.
 
     The first call trains it on the CPU with fixed seeds (a few minutes, with a progress bar)
-    and saves it under ``cache_dir() / name``; later calls load it in well under a second.
+    and saves it under ``cache_dir() / name``; later calls load it in well under a second. While
+    another process trains it, the call waits for that one (``course_model_lock``).
     """
     if name not in _RECIPES:
         raise KeyError(f"unknown course model {name!r}; choose from {sorted(_RECIPES)}")
+    with course_model_lock(name):
+        return _load_or_train(name, progress, retrain)
+
+
+def _load_or_train(name: str, progress: bool, retrain: bool) -> CourseModel:
     from llmcourse import transformer
     from llmcourse.pretraining import History
 

@@ -66,7 +66,7 @@ grade: $(STAMP)
 	$(PY) -m llmcourse.cli grade $(A) $(S) --jobs $(JOBS)
 
 outputs: $(STAMP)
-	$(PY) -m llmcourse.cli outputs $(NOTEBOOKS) $(wildcard solutions/*/*.ipynb)
+	$(PY) -m llmcourse.cli outputs --jobs $(WORKERS) $(NOTEBOOKS) $(wildcard solutions/*/*.ipynb)
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.run

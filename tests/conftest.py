@@ -65,20 +65,6 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
-def _models_named_in(paths: list[str]) -> list[str]:
-    """Course models that the notebooks under ``paths`` load with ``load_course_model("name")``."""
-    import re
-    from pathlib import Path
-
-    pattern = re.compile(r"load_course_model\(\s*\\?[\"']([\w.-]+)")
-    names: set[str] = set()
-    for path in map(Path, paths):
-        for notebook in [path] if path.suffix == ".ipynb" else path.rglob("*.ipynb") if path.is_dir() else []:
-            if ".ipynb_checkpoints" not in notebook.parts:
-                names.update(pattern.findall(notebook.read_text(encoding="utf-8")))
-    return sorted(names)
-
-
 def pytest_sessionstart(session: pytest.Session) -> None:
     """Fill the course-model cache once, before pytest-xdist starts its workers (``make test`` asks for it).
 
@@ -93,9 +79,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         from llmcourse import models
 
         paths = [arg.split("::")[0] for arg in session.config.args] or list(session.config.getini("testpaths"))
-        for name in _models_named_in([str(session.config.rootpath / p) for p in paths]):
-            if name not in models.course_models():
-                continue  # a notebook's own error will say so
+        for name in models.models_used_by([session.config.rootpath / p for p in paths]):
             start = time.perf_counter()
             models.load_course_model(name, progress=False)
             print(f"course model {name!r} ready in {time.perf_counter() - start:.1f} s")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+from pathlib import Path
 
 import pytest
 import torch
@@ -158,3 +159,19 @@ def test_cache_dir_follows_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_
     assert models.cache_dir() == tmp_path / "elsewhere"
     monkeypatch.delenv("LLMCOURSE_CACHE")
     assert models.cache_dir().parts[-2:] == (".cache", "llmcourse")
+
+
+def test_models_used_by_reads_the_notebooks(tmp_path) -> None:
+    import nbformat
+
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell('course = models.load_course_model("shakespeare-mlm", progress=False)'),
+        nbformat.v4.new_code_cell("models.load_course_model('no-such-model')"),
+    ])
+    (tmp_path / "part").mkdir()
+    nbformat.write(nb, tmp_path / "part" / "a.ipynb")
+    nbformat.write(nbformat.v4.new_notebook(), tmp_path / "b.ipynb")
+    assert models.models_used_by([tmp_path]) == ["shakespeare-mlm"]  # unknown names are left to the notebook's error
+    assert models.models_used_by([tmp_path / "b.ipynb", tmp_path / "missing"]) == []
+    root = Path(__file__).resolve().parents[1]
+    assert models.models_used_by([root / "chapters"]) == ["shakespeare-char-gpt", "shakespeare-mlm"]

@@ -4,7 +4,7 @@
                     [--timeout SECONDS] [--notebook-timeout SECONDS] [--force] [--cache FILE | --no-cache]
     llmcourse release ASSIGNMENT...
     llmcourse validate NOTEBOOK
-    llmcourse outputs NOTEBOOK...
+    llmcourse outputs [--jobs N] NOTEBOOK...
     llmcourse lab
 
 Exit status: 0 when the command ran (whatever the scores), 1 when ``validate`` finds a failing
@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -125,27 +126,62 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_outputs(args: argparse.Namespace) -> int:
-    """Re-execute notebooks in place and save their outputs."""
-    from .grading.execution import CellExecutionError, execute_in_place
+    """Re-execute notebooks in place and save their outputs, ``--jobs`` at a time, as ``make test`` runs them.
+
+    The course models the notebooks load are trained first, with every core (as the test suite's
+    warm-up does); then each notebook runs in its own process with its share of the cores
+    (``OMP_NUM_THREADS``), so the saved outputs are those the tests will compare with.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from . import models
 
     paths = [Path(p) for p in args.notebooks]
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
         return _fail(f"no such notebook: {', '.join(missing)}")
-    failed = []
-    for path in tqdm(paths, desc="executing", unit="notebook"):
-        try:
-            execute_in_place(path)
-        except CellExecutionError as error:
-            failed.append(path)
-            tqdm.write(f"{path}: a cell failed, outputs not saved:\n{str(error).strip()[-2000:]}")
-        except Exception as error:  # a dead kernel or a timeout: report and go on with the others
-            failed.append(path)
-            tqdm.write(f"{path}: {type(error).__name__}: {error}; outputs not saved")
+    jobs = max(1, min(args.jobs, len(paths)))
+    if jobs == 1:
+        failed = [path for path in tqdm(paths, desc="executing", unit="notebook", disable=len(paths) < 2)
+                  if not _execute_one(path)]
+    else:
+        for name in models.models_used_by(paths):
+            models.load_course_model(name)
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        env = {**os.environ, "OMP_NUM_THREADS": str(max(1, cores // jobs)), "MKL_NUM_THREADS": str(max(1, cores // jobs))}
+
+        def run(path: Path) -> bool:
+            done = subprocess.run([sys.executable, "-m", "llmcourse.cli", "outputs", "--jobs", "1", str(path)],
+                                  env=env, capture_output=True, text=True)
+            if done.returncode != 0:
+                tqdm.write((done.stdout + done.stderr).strip()[-3000:])
+            return done.returncode == 0
+
+        with ThreadPoolExecutor(jobs) as pool, tqdm(total=len(paths), desc="executing", unit="notebook") as bar:
+            failed = []
+            for path, ok in zip(paths, pool.map(run, paths)):
+                bar.update()
+                if not ok:
+                    failed.append(path)
     if failed:
         print(f"{len(failed)} of {len(paths)} notebooks failed: {', '.join(map(str, failed))}", file=sys.stderr)
         return 1
     return 0
+
+
+def _execute_one(path: Path) -> bool:
+    """Execute one notebook in place; say why and return False when it fails (its file is left as it was)."""
+    from .grading.execution import CellExecutionError, execute_in_place
+
+    try:
+        execute_in_place(path)
+    except CellExecutionError as error:
+        tqdm.write(f"{path}: a cell failed, outputs not saved:\n{str(error).strip()[-2000:]}")
+        return False
+    except Exception as error:  # a dead kernel or a timeout: report and go on with the others
+        tqdm.write(f"{path}: {type(error).__name__}: {error}; outputs not saved")
+        return False
+    return True
 
 
 def cmd_lab(args: argparse.Namespace) -> int:
@@ -215,6 +251,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     outputs = commands.add_parser("outputs", help="re-execute notebooks in place and save their outputs")
     outputs.add_argument("notebooks", nargs="+", metavar="NOTEBOOK")
+    outputs.add_argument("--jobs", type=int, default=2, metavar="N",
+                         help="notebooks executed at once, each with its share of the cores, as `make test` "
+                              "runs them (default 2)")
     outputs.set_defaults(run=cmd_outputs)
 
     lab = commands.add_parser("lab", help="start JupyterLab on the repository (offline, with nbgrader)",

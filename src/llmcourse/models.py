@@ -17,10 +17,11 @@ import fcntl
 import importlib.util
 import json
 import os
+import re
 import shutil
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -37,6 +38,7 @@ __all__ = [
     "bpe_corpus",
     "pair_corpus",
     "course_models",
+    "models_used_by",
     "course_model_lock",
     "load_course_model",
 ]
@@ -331,6 +333,22 @@ def _load_tokenizer(saved: dict[str, Any]) -> Any:
     if saved["type"] == "WordTokenizer":
         tokenizer.lowercase = saved["lowercase"]
     return tokenizer
+
+
+def models_used_by(paths: Iterable[str | Path]) -> list[str]:
+    """Course models that the notebooks at ``paths`` (files, or folders searched for ``*.ipynb``) load.
+
+    A notebook names one with ``load_course_model("name")``; the test suite and ``llmcourse outputs``
+    train those once, with every core, before running notebooks side by side.
+    """
+    pattern = re.compile(r"load_course_model\(\s*\\?[\"']([\w.-]+)")
+    names: set[str] = set()
+    for path in map(Path, paths):
+        notebooks = [path] if path.suffix == ".ipynb" else sorted(path.rglob("*.ipynb")) if path.is_dir() else []
+        for notebook in notebooks:
+            if ".ipynb_checkpoints" not in notebook.parts:
+                names.update(pattern.findall(notebook.read_text(encoding="utf-8")))
+    return sorted(name for name in names if name in _RECIPES)
 
 
 @contextlib.contextmanager

@@ -20,8 +20,9 @@ def test_slowest_modules_run_first() -> None:
 
 
 def test_budgets_fit_the_target() -> None:
-    # The slow modules alone, shared by the workers, must leave a fifth of the target for everything else.
-    assert sum(BUDGET["modules"].values()) / BUDGET["workers"] <= 0.8 * BUDGET["pytest_seconds"]
+    # The slow modules' budgets (each with its margin), shared by the workers, fit the whole run's target:
+    # a new slow notebook must make room for itself (a faster path, a smaller budget, a cached artefact).
+    assert sum(BUDGET["modules"].values()) / BUDGET["workers"] <= BUDGET["pytest_seconds"]
 
 
 def test_budget_report_flags_slow_and_unlisted_modules() -> None:

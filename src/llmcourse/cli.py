@@ -135,6 +135,7 @@ def cmd_outputs(args: argparse.Namespace) -> int:
     from concurrent.futures import ThreadPoolExecutor
 
     from . import models
+    from .grading.sandbox import cpu_threads
 
     paths = [Path(p) for p in args.notebooks]
     missing = [str(p) for p in paths if not p.is_file()]
@@ -147,8 +148,8 @@ def cmd_outputs(args: argparse.Namespace) -> int:
     else:
         for name in models.models_used_by(paths):
             models.load_course_model(name)
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        env = {**os.environ, "OMP_NUM_THREADS": str(max(1, cores // jobs)), "MKL_NUM_THREADS": str(max(1, cores // jobs))}
+        share = str(max(1, cpu_threads() // jobs))
+        env = {**os.environ, "OMP_NUM_THREADS": share, "MKL_NUM_THREADS": share}
 
         def run(path: Path) -> bool:
             done = subprocess.run([sys.executable, "-m", "llmcourse.cli", "outputs", "--jobs", "1", str(path)],

@@ -258,6 +258,7 @@ def test_submission_that_kills_the_kernel_keeps_the_marks_earned_before(graded: 
 
 def test_endless_loop_is_interrupted_and_the_rest_graded(graded: dict[str, GradeResult]) -> None:
     check_scores(graded["endless_loop"], {"test_causal_mask"})
+    assert graded["endless_loop"].warnings == ["cell 13 (test_causal_mask): interrupted at the time limit of 20 s per cell"]
     assert 20 < graded["endless_loop"].seconds < 60
 
 
@@ -287,10 +288,11 @@ def test_command_line_json_and_feedback(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     rows = json.loads(done.stdout)
-    assert [set(row) for row in rows] == [{"submission", "score", "max_score", "error", "tests"}] * 2
+    assert [set(row) for row in rows] == [{"submission", "score", "max_score", "error", "warnings", "tests"}] * 2
     solution, bad = rows
     assert solution["submission"] == str(SOLUTION)
-    assert (solution["score"], solution["max_score"], solution["error"]) == (MAX_SCORE, MAX_SCORE, None)
+    assert (solution["score"], solution["max_score"], solution["error"], solution["warnings"]) == (
+        MAX_SCORE, MAX_SCORE, None, [])
     assert [t["name"] for t in solution["tests"]] == TESTS
     assert all(t["passed"] and t["score"] == t["max_score"] == POINTS[t["name"]] for t in solution["tests"])
     assert bad["score"] == 0 and "invalid JSON" in bad["error"] and bad["tests"] == []
@@ -417,7 +419,7 @@ def test_command_line_resumes_and_forces(tmp_path: Path) -> None:
     assert "0 graded now, 1 unchanged" in run()
     assert "1 graded now, 0 unchanged" in run("--force")
     rows = list(csv.DictReader(sheet.open()))
-    assert list(rows[0]) == ["student", "submission", "score", "max_score", *TESTS, "error"]
+    assert list(rows[0]) == ["student", "submission", "score", "max_score", *TESTS, "error", "warnings"]
     assert rows[0]["student"] == "alice" and rows[0]["score"] == "10" and rows[0]["test_causal_mask"] == "0"
     # A changed submission is graded again.
     nbformat.write(submission(), folder / f"{ASSIGNMENT}.ipynb")

@@ -31,10 +31,14 @@ from sqlalchemy.exc import SAWarning
 from tqdm import tqdm
 
 from .course import GradingCourse, GradingError, last_error_line, source_folder
-from .executor import NOTEBOOK_TIMEOUT_S, STOPS
+from .executor import NOTEBOOK_TIMEOUT_S, STOPS, WARNINGS
 from .notebooks import SubmissionError, check_assignment, graded_cells, load_notebook, restore_missing_cells
 from .sandbox import cpu_threads, probe
 from .settings import SOLUTIONS_DIR, assignment_limits
+
+
+# Part of every cache key: a result graded by an older grader (other checks, fewer fields) is graded again.
+GRADER_VERSION = "2"
 
 
 class SandboxWarning(UserWarning):
@@ -76,13 +80,18 @@ class TestResult:
 
 @dataclass
 class GradeResult:
-    """The outcome of grading one submission; ``error`` says what went wrong (the score stays what it earned)."""
+    """The outcome of grading one submission; ``error`` says what went wrong (the score stays what it earned).
+
+    ``warnings`` names each cell stopped at a limit (time, output, a dead kernel), even when the marks
+    did not suffer: an instructor learns that the notebook hangs or floods its output.
+    """
 
     submission: str
     score: float
     max_score: float
     error: str | None = None
     tests: list[TestResult] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
     restored_cells: list[str] = field(default_factory=list)
     feedback: list[Path] = field(default_factory=list)
@@ -91,12 +100,13 @@ class GradeResult:
     cached: bool = False  # reused from an earlier run (unchanged submission)
 
     def to_json(self) -> dict[str, Any]:
-        """Return the JSON record of the command line: submission, score, max_score, error, tests."""
+        """Return the JSON record of the command line: submission, score, max_score, error, warnings, tests."""
         return {
             "submission": self.submission,
             "score": self.score,
             "max_score": self.max_score,
             "error": self.error,
+            "warnings": list(self.warnings),
             "tests": [asdict(test) for test in self.tests],
         }
 
@@ -232,6 +242,7 @@ def grade_submission(course: GradingCourse, submission: Submission, feedback_dir
 
     graded_folder = str(course.root / "autograded" / submission.student_id / course.assignment)
     STOPS.pop(graded_folder, None)
+    WARNINGS.pop(graded_folder, None)
     with warnings.catch_warnings():
         # nbgrader 0.9.6 with SQLAlchemy 2.x warns "Object ... not in session" on every new submission.
         warnings.simplefilter("ignore", SAWarning)
@@ -253,6 +264,7 @@ def grade_submission(course: GradingCourse, submission: Submission, feedback_dir
         stopped = STOPS.pop(graded_folder, None)
         if stopped and not result.error:
             result.error = stopped
+    result.warnings = WARNINGS.pop(graded_folder, [])
 
     if feedback_dir is not None and result.tests:
         from .feedback import write_feedback  # here: feedback imports this module's classes
@@ -444,7 +456,8 @@ def grade(assignment: str, paths: Sequence[Path], feedback_dir: Path | None = No
     notebook_timeout = own_notebook if notebook_timeout is None else notebook_timeout
     submissions = find_submissions(paths, assignment, [path.stem for path in sources])
     feedback_dir = feedback_dir.resolve() if feedback_dir is not None else None
-    settings = f"{assignment}\0{source_hash(assignment, solutions_dir)}\0{cell_timeout}\0{notebook_timeout}"
+    settings = (f"{GRADER_VERSION}\0{assignment}\0{source_hash(assignment, solutions_dir)}\0{cell_timeout}"
+                f"\0{notebook_timeout}")
     keys = [_cache_key(settings, submission) for submission in submissions]
     done = _load_cache(cache) if cache is not None and not force else {}
     results: dict[int, GradeResult] = {}
@@ -503,7 +516,7 @@ def test_names(assignment: str, solutions_dir: Path = SOLUTIONS_DIR) -> list[str
 
 
 def write_csv(results: Sequence[GradeResult], path: Path, tests: Sequence[str] = ()) -> Path:
-    """Write one row per submission (student, submission, score, max_score, one column per test, error).
+    """Write one row per submission (student, submission, score, max_score, one column per test, error, warnings).
 
     ``tests`` fixes the test columns (give ``test_names(assignment)`` so that the CSVs of
     several shards have the same header); tests found in the results are added after them.
@@ -519,10 +532,11 @@ def write_csv(results: Sequence[GradeResult], path: Path, tests: Sequence[str] =
     partial = path.with_name(f".{path.name}.partial")
     with partial.open("w", newline="") as file:
         writer = csv.writer(file)
-        writer.writerow(["student", "submission", "score", "max_score", *names, "error"])
+        writer.writerow(["student", "submission", "score", "max_score", *names, "error", "warnings"])
         for result in results:
             scores = {test.name: f"{test.score:g}" for test in result.tests}
             writer.writerow([result.student_id, result.submission, f"{result.score:g}", f"{result.max_score:g}",
-                             *(scores.get(name, "") for name in names), result.error or ""])
+                             *(scores.get(name, "") for name in names), result.error or "",
+                             "; ".join(result.warnings)])
     partial.replace(path)
     return path

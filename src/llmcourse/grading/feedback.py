@@ -5,14 +5,17 @@ a CDN. These pages show, per graded cell: its name, the marks, the *released* (v
 code, and the outcome. A failure inside the visible tests shows its error message; a failure
 in the hidden part shows only that the hidden tests failed. Every text that came from the
 submission's run is also scrubbed of any line of the hidden tests (a submission can read the
-test source while it runs and put it in an error message). No maths, no scripts, no remote
+test source while it runs and put it in an error message), and of the encoded tests the grader
+sends (executor.wire_cell). No maths, no scripts, no remote
 resources: the page opens offline, as a file.
 """
 
 from __future__ import annotations
 
+import base64
 import html
 import re
+import zlib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -28,6 +31,7 @@ if TYPE_CHECKING:
 HIDDEN_BEGIN = "### BEGIN HIDDEN TESTS"
 HIDDEN_END = "### END HIDDEN TESTS"
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+ENCODED = re.compile(r"[A-Za-z0-9+/]{40,}={0,2}")  # the grader sends tests base64-encoded (executor.wire_cell)
 CELL_LINE = re.compile(r"(?:Cell In\s*\[\d*\]|<ipython-input-[^>]*>|File \"<[^\"]*>\"), line (\d+)")
 
 STYLE = """
@@ -71,10 +75,20 @@ class Redactor:
         self.secret = sorted(secret | {HIDDEN_BEGIN, HIDDEN_END}, key=len, reverse=True)
 
     def __call__(self, text: str) -> str:
+        text = ENCODED.sub(_encoded_test, text)
         for line in self.secret:
             if line in text:
                 text = text.replace(line, "[hidden test]")
         return text
+
+
+def _encoded_test(found: re.Match[str]) -> str:
+    """A test as the grader sent it (zlib-compressed, base64), which a submission may copy into a message."""
+    try:
+        zlib.decompress(base64.b64decode(found.group(0), validate=True))
+    except (ValueError, zlib.error):
+        return found.group(0)
+    return "[hidden test]"
 
 
 def _first_error(cell: NotebookNode) -> NotebookNode | None:
@@ -88,7 +102,7 @@ def _failure(cell: NotebookNode, visible_lines: int, redact: Redactor) -> tuple[
         return "hidden", None
     name = str(error.get("ename", "Error"))
     value = ANSI.sub("", str(error.get("evalue", "")))
-    if name in {"NotRun", "DeadKernelError", "CellTimeoutError"}:  # the grader's own words
+    if name in {"NotRun", "DeadKernelError", "CellTimeoutError", "TamperingDetected"}:  # the grader's own words
         return "grader", f"{name}: {value}"
     trace = ANSI.sub("", "\n".join(error.get("traceback", [])))
     line = CELL_LINE.search(trace)
@@ -112,6 +126,8 @@ def render_page(assignment: str, student: str, result: GradeResult, graded: dict
     ]
     if result.error:
         parts.append(f'<p class="error">{esc(redact(result.error))}</p>')
+    for warning in result.warnings:
+        parts.append(f'<p class="error">Warning: {esc(redact(warning))}</p>')
     if result.restored_cells:
         parts.append(f'<p class="note">Test cells missing from the submission were put back before grading: '
                      f'{esc(", ".join(result.restored_cells))}.</p>')

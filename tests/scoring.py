@@ -100,8 +100,9 @@ def score_checker(points: Mapping[str, float]) -> Callable[[GradeResult, set[str
     """A check that a result passed every test but ``failing``, with the marks ``points`` give."""
     max_score = float(sum(points.values()))
 
-    def check_scores(result: GradeResult, failing: set[str]) -> None:
+    def check_scores(result: GradeResult, failing: set[str], warnings: int = 0) -> None:
         assert result.error is None, result.error
+        assert len(result.warnings) == warnings, result.warnings  # no cell stopped at a limit, unless expected
         assert [test.name for test in result.tests] == list(points)
         assert failed(result) == failing, f"failed {sorted(failed(result))}, expected {sorted(failing)}"
         for test in result.tests:

@@ -374,6 +374,20 @@ def test_warnings_in_json_csv_and_feedback(ex02: Graded, tmp_path: Path) -> None
     assert "Warning" in page and "Warning" not in (ex02.feedback / "solution.html").read_text()
 
 
+def test_warnings_in_the_command_line_table(ex02: Graded, monkeypatch: pytest.MonkeyPatch,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    import llmcourse.grading
+    from llmcourse import cli
+
+    results = [ex02.results[name] for name in ("solution", "endless_loop")]
+    monkeypatch.setattr(llmcourse.grading, "grade", lambda *args, **kwargs: results)
+    assert cli.main(["grade", "ex02_attention", str(ex02.folder), "--no-cache"]) == 0
+    out = capsys.readouterr().out
+    lines = [line for line in out.splitlines() if line.startswith("warning:")]
+    assert lines == [f"warning: {results[1].submission}: {w}" for w in results[1].warnings] and lines
+    assert "1 with cells stopped at a limit" in out
+
+
 def test_grading_time_is_not_much_more_than_an_honest_submission(ex02: Graded) -> None:
     # Checks cost a round trip each: a tampering row is caught and stopped, never much slower.
     honest = ex02.results["honest"].seconds
@@ -414,3 +428,17 @@ def test_payload_keeps_ipython_syntax_the_last_expression_and_the_line_numbers()
     rewrite_traceback(output, name, failing, 7)
     text = "\n".join(output.traceback)
     assert "Cell In[7], line 3" in text and "assert x == 2" in text and "b64decode" not in text
+
+
+def test_a_figure_is_kept_and_a_flood_of_text_is_not() -> None:
+    from nbformat.v4 import new_code_cell, new_output
+
+    from llmcourse.grading.executor import MAX_OUTPUT_CHARS, limit_outputs
+
+    png = "iVBORw0KGgo" + "A" * 60_000  # a plot's size in a notebook: three times the text cap, encoded
+    figure = new_code_cell("plt.show()", outputs=[new_output("display_data", data={"image/png": png})])
+    assert not limit_outputs(figure) and figure.outputs[0].data["image/png"] == png
+    flood = new_code_cell("print(s)", outputs=[new_output("stream", name="stdout", text="x" * 60_000)])
+    assert limit_outputs(flood) and len(flood.outputs[0].text) < MAX_OUTPUT_CHARS + 200
+    posters = new_code_cell("show()", outputs=[new_output("display_data", data={"image/png": png * 20})])
+    assert limit_outputs(posters) and "image/png" not in posters.outputs[0].data

@@ -78,11 +78,17 @@ def cmd_grade(args: argparse.Namespace) -> int:
     rows = [["submission", "score", "max_score", "error"]]
     rows += [[r.submission, f"{r.score:g}", f"{r.max_score:g}", (r.error or "")[:300]] for r in results]
     print(_table(rows))
+    for result in results:
+        for line in result.warnings:
+            print(f"warning: {result.submission}: {line}")
     fresh = [r for r in results if not r.cached and r.tests]
     reused = sum(r.cached for r in results)
     errors = sum(bool(r.error) for r in results)
     summary = f"\n{len(results)} submissions: {len(fresh)} graded now, {reused} unchanged since the last run (not re-graded)"
     summary += f", {errors} with errors"
+    warned = sum(bool(r.warnings) for r in results)
+    if warned:
+        summary += f", {warned} with cells stopped at a limit (see the warnings above)"
     if fresh:
         summary += f"; {sum(r.seconds for r in fresh) / len(fresh):.1f} s per graded submission"
     print(summary)
@@ -147,7 +153,7 @@ def cmd_outputs(args: argparse.Namespace) -> int:
                   if not _execute_one(path)]
     else:
         for name in models.models_used_by(paths):
-            models.load_course_model(name)
+            models.prepare_model(name, progress=True)
         share = str(max(1, cpu_threads() // jobs))
         env = {**os.environ, "OMP_NUM_THREADS": share, "MKL_NUM_THREADS": share}
 

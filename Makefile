@@ -29,10 +29,11 @@ venv: $(STAMP)
 # torch first, so pip takes the CPU wheel on disk instead of a multi-GB CUDA build. pip compiles the
 # installed modules one file at a time; compileall does the same on every core afterwards (-j 0):
 # about 125 s -> 95 s for the whole install on 2 cores, with the wheels in pip's cache.
-$(STAMP): requirements.txt pyproject.toml
+$(STAMP): requirements.txt requirements-no-deps.txt pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --no-compile torch==2.13.0
 	$(PY) -m pip install --quiet --no-compile -r requirements.txt
+	$(PY) -m pip install --quiet --no-compile --no-deps -r requirements-no-deps.txt
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	@$(PY) -m compileall -q -j 0 $(VENV)/lib > /dev/null 2>&1 || true  # a few packages ship files that do not compile
 	@touch $(STAMP)

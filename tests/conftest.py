@@ -81,8 +81,8 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         paths = [arg.split("::")[0] for arg in session.config.args] or list(session.config.getini("testpaths"))
         for name in models.models_used_by([session.config.rootpath / p for p in paths]):
             start = time.perf_counter()
-            models.load_course_model(name, progress=False)
-            print(f"course model {name!r} ready in {time.perf_counter() - start:.1f} s")
+            models.prepare_model(name)
+            print(f"model {name!r} ready in {time.perf_counter() - start:.1f} s")
     _STARTED.append(time.perf_counter())
 
 

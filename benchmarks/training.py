@@ -6,7 +6,7 @@ import torch
 
 from benchmarks.timing import alternate
 from llmcourse.device import pick_device
-from llmcourse.pretraining import causal_lm_loss
+from llmcourse.objectives import causal_lm_loss
 from llmcourse.transformer import GPT, GPTConfig
 
 # The character model's vocabulary, six layers 384 wide (nanoGPT's "baby" Shakespeare size).

@@ -1,5 +1,6 @@
-"""llmcourse.finetuning: tasks split by play, the head against Transformers' classifier, each strategy's
-trainable weights, prompt tuning / prefix tuning / LoRA against PEFT, memory accounting, and training."""
+"""Fine-tuning (llmcourse.tasks, classifier, freezing, adapters, profiling, strategies): tasks split
+by play, the head against Transformers' classifier, each strategy's trainable weights, prompt tuning /
+prefix tuning / LoRA against PEFT, memory accounting, and training."""
 
 from __future__ import annotations
 
@@ -12,22 +13,14 @@ import pytest
 import torch
 from sklearn import metrics as sk
 from sklearn.utils.class_weight import compute_class_weight
-from transformers import BertConfig, BertForSequenceClassification, BertModel
+from transformers import BertConfig, BertForSequenceClassification
 
-from llmcourse import data, finetuning
-from llmcourse.finetuning import (
-    EncoderClassifier,
-    Example,
-    LoRALinear,
-    PrefixSelfAttention,
-    PromptTuning,
-    apply_lora,
-    apply_prefix_tuning,
-    count_parameters,
-    ffn_only,
-    head_only,
-)
-from llmcourse.pretraining import TrainConfig, train
+from llmcourse import adapters, classifier, data, freezing, plots, profiling, strategies, tasks
+from llmcourse.adapters import LoRALinear, PrefixSelfAttention, PromptTuning, apply_lora, apply_prefix_tuning
+from llmcourse.classifier import EncoderClassifier
+from llmcourse.freezing import count_parameters, ffn_only, head_only
+from llmcourse.tasks import Example
+from llmcourse.training import TrainConfig, train
 
 
 
@@ -72,7 +65,7 @@ def peft_model(model, config):
 
 
 def test_genre_task_is_split_by_play_without_speaker_names() -> None:
-    task = finetuning.genre_task(words=64, seed=0)
+    task = tasks.genre_task(words=64, seed=0)
     assert task.classes == ("comedy", "history", "tragedy")
     plays = [{e.play for e in part} for part in (task.train, task.validation, task.test)]
     assert not (plays[0] & plays[1] or plays[0] & plays[2] or plays[1] & plays[2])
@@ -88,7 +81,7 @@ def test_genre_task_is_split_by_play_without_speaker_names() -> None:
     hamlet = " ".join(e.text for part in (task.train, task.validation, task.test) for e in part if e.play == "hamlet")
     assert hamlet and not any(f"{name}:" in hamlet for name in speakers)
     assert all(32 <= len(e.text.split()) <= 64 for e in task.train)
-    assert finetuning.genre_task(words=64, seed=0).test == task.test  # deterministic
+    assert tasks.genre_task(words=64, seed=0).test == task.test  # deterministic
 
 
 def test_genre_classes_and_a_split_stratified_by_them() -> None:
@@ -104,7 +97,7 @@ def test_genre_classes_and_a_split_stratified_by_them() -> None:
 
 
 def test_word_order_task_shuffles_half_the_lines() -> None:
-    task = finetuning.word_order_task(n_train=400, n_validation=50, n_test=100, seed=0)
+    task = tasks.word_order_task(n_train=400, n_validation=50, n_test=100, seed=0)
     assert task.classes == ("original", "shuffled") and (len(task.train), len(task.validation), len(task.test)) == (400, 50, 100)
     assert 0.4 < sum(e.label for e in task.train) / 400 < 0.6
     plays = [{e.play for e in part} for part in (task.train, task.validation, task.test)]
@@ -115,41 +108,41 @@ def test_word_order_task_shuffles_half_the_lines() -> None:
         assert (example.text in lines) == (example.label == 0)  # a shuffled line is never a real one
         if example.label == 1:
             assert any(sorted(line.split()) == sorted(example.text.split()) for line in lines)  # same words
-    assert finetuning.word_order_task(n_train=400, n_validation=50, n_test=100, seed=0) == task
+    assert tasks.word_order_task(n_train=400, n_validation=50, n_test=100, seed=0) == task
     # the classes have the same bag of words: a unigram TF-IDF model is at chance
-    big = finetuning.word_order_task(n_train=3000, n_test=1000, seed=0)
-    predictions = finetuning.tfidf_baseline(big.train, big.test, ngram_range=(1, 1))
+    big = tasks.word_order_task(n_train=3000, n_test=1000, seed=0)
+    predictions = tasks.tfidf_baseline(big.train, big.test, ngram_range=(1, 1))
     accuracy = sum(p == e.label for p, e in zip(predictions, big.test)) / len(big.test)
     assert 0.44 < accuracy < 0.56
 
 
 def test_class_weights_equal_scikit_learns_balanced_weights() -> None:
     labels = [0] * 50 + [1] * 30 + [2] * 5
-    ours = finetuning.class_weights(labels, 3)
+    ours = tasks.class_weights(labels, 3)
     theirs = compute_class_weight("balanced", classes=np.array([0, 1, 2]), y=np.array(labels))
     torch.testing.assert_close(ours, torch.tensor(theirs, dtype=ours.dtype))
     with pytest.raises(ValueError, match=r"classes \[3\]"):
-        finetuning.class_weights(labels, 4)
+        tasks.class_weights(labels, 4)
 
 
 def test_baselines() -> None:
     train = [Example("the king and his crown", 1, "a"), Example("love and jest and wooing", 0, "b")] * 5
     train.append(Example("the king", 1, "c"))
     test = [Example("crown of the king", 1, "d"), Example("jest of love", 0, "e")]
-    assert finetuning.majority_baseline(train, test) == [1, 1]
-    assert finetuning.tfidf_baseline(train, test, min_df=1) == [1, 0]
+    assert tasks.majority_baseline(train, test) == [1, 1]
+    assert tasks.tfidf_baseline(train, test, min_df=1) == [1, 0]
     # A pair is one bag of words: swapping its halves cannot change the prediction.
     pairs = [Example("aa bb cc", i % 2, "p", "dd ee ff" if i % 2 else "ff ee dd") for i in range(20)]
     swapped = [Example(e.text_pair or "", e.label, e.play, e.text) for e in pairs]
-    assert finetuning.tfidf_baseline(pairs, pairs, min_df=1, ngram_range=(1, 1)) == \
-        finetuning.tfidf_baseline(pairs, swapped, min_df=1, ngram_range=(1, 1))
+    assert tasks.tfidf_baseline(pairs, pairs, min_df=1, ngram_range=(1, 1)) == \
+        tasks.tfidf_baseline(pairs, swapped, min_df=1, ngram_range=(1, 1))
 
 
 def test_classification_metrics_equal_scikit_learn() -> None:
     generator = torch.Generator().manual_seed(0)
     y_true = torch.randint(0, 3, (200,), generator=generator).tolist()
     y_pred = torch.randint(0, 3, (200,), generator=generator).tolist()
-    ours = finetuning.classification_metrics(y_true, y_pred)
+    ours = tasks.classification_metrics(y_true, y_pred)
     precision, recall, f1, _ = sk.precision_recall_fscore_support(y_true, y_pred, average="macro", zero_division=0)
     assert ours == pytest.approx({"accuracy": sk.accuracy_score(y_true, y_pred), "precision": precision,
                                   "recall": recall, "macro_f1": f1}, abs=1e-12)
@@ -165,21 +158,21 @@ def test_encode_and_batches() -> None:
     tokenizer = load_minilm_tokenizer()
     examples = [Example("To be, or not to be", 0, "x"), Example("that is the question", 1, "x"),
                 Example("Whether 'tis nobler in the mind to suffer the slings and arrows", 2, "x")]
-    encoded = finetuning.encode(tokenizer, examples, max_length=12)
+    encoded = classifier.encode(tokenizer, examples, max_length=12)
     assert encoded["labels"].tolist() == [0, 1, 2] and encoded["labels"].dtype == torch.long
     assert encoded["input_ids"].shape == (3, 12)  # the long line is cut at 12 tokens
     assert tokenizer.decode(encoded["input_ids"][0][encoded["attention_mask"][0] == 1]) == "[CLS] to be, or not to be [SEP]"
-    batches = list(finetuning.classification_batches(encoded, batch_size=2))
+    batches = list(classifier.classification_batches(encoded, batch_size=2))
     assert [b["input_ids"].shape for b in batches] == [(2, 9), (1, 12)]  # trimmed to each batch's longest row
-    shuffled = list(finetuning.classification_batches(encoded, batch_size=2, shuffle=True, seed=3))
+    shuffled = list(classifier.classification_batches(encoded, batch_size=2, shuffle=True, seed=3))
     assert sorted(sum((b["labels"].tolist() for b in shuffled), [])) == [0, 1, 2]
-    endless = finetuning.classification_batches(encoded, batch_size=2, shuffle=True, endless=True)
+    endless = classifier.classification_batches(encoded, batch_size=2, shuffle=True, endless=True)
     assert len([next(endless) for _ in range(7)]) == 7
 
-    pair = finetuning.encode(tokenizer, [Example("to be", 1, "x", "or not to be")], max_length=16)
+    pair = classifier.encode(tokenizer, [Example("to be", 1, "x", "or not to be")], max_length=16)
     assert pair["token_type_ids"][0].tolist()[:9] == [0, 0, 0, 0, 1, 1, 1, 1, 1]
     with pytest.raises(ValueError, match="pairs"):
-        finetuning.encode(tokenizer, [examples[0], Example("a", 0, "x", "b")])
+        classifier.encode(tokenizer, [examples[0], Example("a", 0, "x", "b")])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -223,7 +216,7 @@ def trainable_names(model: torch.nn.Module) -> set[str]:
 def test_full_head_only_and_ffn_only_train_what_they_say() -> None:
     model = minilm_shaped()
     total = sum(p.numel() for p in model.parameters())
-    assert count_parameters(finetuning.full_finetuning(model)) == (total, total)
+    assert count_parameters(freezing.full_finetuning(model)) == (total, total)
     assert trainable_names(head_only(model)) == {"classifier.weight", "classifier.bias"}
     names = trainable_names(ffn_only(model))
     per_layer = {"intermediate.dense.weight", "intermediate.dense.bias", "output.dense.weight", "output.dense.bias",
@@ -236,7 +229,7 @@ def test_full_head_only_and_ffn_only_train_what_they_say() -> None:
 
 def test_ffn_only_works_on_the_course_classifier_too() -> None:
     model = ffn_only(EncoderClassifier(tiny_bert().bert, num_labels=3))
-    assert trainable_names(model) == {n for n in trainable_names(finetuning.full_finetuning(copy.deepcopy(model)))
+    assert trainable_names(model) == {n for n in trainable_names(freezing.full_finetuning(copy.deepcopy(model)))
                                       if ".intermediate." in n or (".output." in n and "attention" not in n)
                                       or n.startswith("classifier.")}
 
@@ -402,12 +395,12 @@ def test_lora_matches_peft() -> None:
         expected = theirs(**batch).logits
         torch.testing.assert_close(ours(**batch).logits, expected)
         assert not torch.allclose(expected, base(**batch).logits)
-        finetuning.merge_lora(ours)
+        adapters.merge_lora(ours)
         torch.testing.assert_close(ours(**batch).logits, expected, rtol=1e-5, atol=1e-6)
         theirs.merge_adapter()
         torch.testing.assert_close(ours.bert.encoder.layer[0].attention.self.query.base.weight,
                                    theirs.base_model.model.bert.encoder.layer[0].attention.self.query.base_layer.weight)
-        finetuning.unmerge_lora(ours)
+        adapters.unmerge_lora(ours)
         torch.testing.assert_close(ours.bert.encoder.layer[1].attention.self.value.base.weight,
                                    base.bert.encoder.layer[1].attention.self.value.weight, rtol=0, atol=1e-6)
 
@@ -432,9 +425,9 @@ def test_lora_on_minilm_trains_under_two_percent_of_the_weights() -> None:
 
 def test_training_memory_accounts_for_what_trains() -> None:
     batch = {**inputs(batch=4, length=16), "labels": torch.tensor([0, 1, 2, 0])}
-    full = finetuning.training_memory(finetuning.full_finetuning(tiny_bert()), batch)
-    head = finetuning.training_memory(head_only(tiny_bert()), batch)
-    lora = finetuning.training_memory(apply_lora(tiny_bert(), r=2, alpha=4), batch)
+    full = profiling.training_memory(freezing.full_finetuning(tiny_bert()), batch)
+    head = profiling.training_memory(head_only(tiny_bert()), batch)
+    lora = profiling.training_memory(apply_lora(tiny_bert(), r=2, alpha=4), batch)
     assert full["weights"] == full["gradients"] == sum(p.numel() * 4 for p in tiny_bert().parameters())
     assert full["optimizer"] == 2 * full["gradients"]
     assert head["gradients"] == (24 * 3 + 3) * 4
@@ -448,16 +441,16 @@ def test_training_a_classifier_with_the_course_loop() -> None:
     labels = torch.randint(0, 2, (64,), generator=generator)
     input_ids = torch.randint(5, 30, (64, 10), generator=generator) + 30 * labels[:, None]
     encoded = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "labels": labels}
-    batches = list(finetuning.classification_batches(encoded, batch_size=16))
+    batches = list(classifier.classification_batches(encoded, batch_size=16))
     model = apply_lora(EncoderClassifier(tiny_bert().bert, num_labels=2, pooling="mean"), r=4, alpha=8)
     frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
     config = TrainConfig(max_steps=40, warmup_steps=5, learning_rate=1e-2, eval_every=10, progress=False,
                          device="cpu", monitor="val_accuracy", maximize=True, restore_best=True)
-    history = train(model, finetuning.classification_loss(finetuning.class_weights(labels.tolist(), 2)), batches,
-                    batches, config, metrics_fn=finetuning.metrics_fn(batches))
+    history = train(model, classifier.classification_loss(tasks.class_weights(labels.tolist(), 2)), batches,
+                    batches, config, metrics_fn=classifier.metrics_fn(batches))
     accuracy = history.monitored("val_accuracy")
     assert accuracy[0] < 0.8 and max(accuracy) == 1.0
-    assert finetuning.classification_metrics(*finetuning.predict(model, batches))["accuracy"] == 1.0
+    assert tasks.classification_metrics(*classifier.predict(model, batches))["accuracy"] == 1.0
     for name, parameter in model.named_parameters():
         if name in frozen:
             assert torch.equal(parameter, frozen[name]), name
@@ -468,9 +461,9 @@ def test_run_strategy_reports_the_table_figures() -> None:
     labels = torch.randint(0, 2, (48,), generator=generator)
     input_ids = torch.randint(5, 30, (48, 8), generator=generator) + 30 * labels[:, None]
     encoded = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "labels": labels}
-    batches = list(finetuning.classification_batches(encoded, batch_size=16))
+    batches = list(classifier.classification_batches(encoded, batch_size=16))
     config = TrainConfig(max_steps=6, warmup_steps=1, learning_rate=1e-2, eval_every=3, progress=False, device="cpu")
-    run = finetuning.run_strategy("LoRA", lambda: EncoderClassifier(tiny_bert().bert, 2), encoded, batches, batches,
+    run = strategies.run_strategy("LoRA", lambda: EncoderClassifier(tiny_bert().bert, 2), encoded, batches, batches,
                                   config, batch_size=16)
     expected = count_parameters(apply_lora(EncoderClassifier(tiny_bert().bert, 2), r=8, alpha=16))
     assert (run.trainable, run.total) == expected
@@ -479,11 +472,11 @@ def test_run_strategy_reports_the_table_figures() -> None:
     assert 0 <= run.accuracy <= 1 and 0 <= run.macro_f1 <= 1
     assert run.row()["trainable %"] == pytest.approx(100 * expected[0] / expected[1])
     with pytest.raises(KeyError, match="unknown strategy"):
-        finetuning.run_strategy("adapters", lambda: None, encoded, batches, batches, config)
+        strategies.run_strategy("adapters", lambda: None, encoded, batches, batches, config)
 
 
 def test_markdown_table() -> None:
-    text = finetuning.markdown_table({"full": {"trainable": 1234567, "accuracy": 0.8512}, "TF-IDF": {"accuracy": 0.6}},
+    text = plots.markdown_table({"full": {"trainable": 1234567, "accuracy": 0.8512}, "TF-IDF": {"accuracy": 0.6}},
                                      {"trainable": "{:,}", "accuracy": "{:.3f}"}, index="strategy")
     assert text.splitlines() == ["| strategy | trainable | accuracy |", "|---|---|---|",
                                  "| full | 1,234,567 | 0.851 |", "| TF-IDF |  | 0.600 |"]

@@ -1,4 +1,4 @@
-"""llmcourse.pretraining: objectives against Hugging Face and by-hand references, masking statistics,
+"""Pre-training (llmcourse.objectives, batches, training): objectives against Hugging Face and by-hand references, masking statistics,
 NSP pairs, the schedule, the training loop (overfitting, checkpoints) and DistributedDataParallel."""
 
 from __future__ import annotations
@@ -13,32 +13,30 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from llmcourse import data
-from llmcourse.pretraining import (
-    IGNORE_INDEX,
+from llmcourse.batches import (
     SpecialTokens,
-    TrainConfig,
     add_special_tokens,
+    encode_pair,
+    lm_batches,
+    lm_eval_batches,
+    nsp_pairs,
+    pair_batches,
+)
+from llmcourse.objectives import (
+    IGNORE_INDEX,
     bert_loss,
     causal_lm_loss,
     clm_loss,
-    configure_optimizer,
-    encode_pair,
-    learning_rate_at,
-    lm_batches,
-    lm_eval_batches,
     mask_tokens,
     masked_lm_loss,
     mlm_loss,
     nsp_loss,
-    nsp_pairs,
-    pair_batches,
     reverse_sequences,
     reversed_lm_loss,
-    shard,
-    train,
 )
+from llmcourse.training import TrainConfig, configure_optimizer, learning_rate_at, shard, train
 from llmcourse.tokenization import WordTokenizer
-from llmcourse.transformer import GPT, EncoderConfig, GPTConfig, MLMEncoder
+from llmcourse.transformer import EncoderConfig, GPT, GPTConfig, MLMEncoder
 
 
 def hf_and_ours():

@@ -24,7 +24,9 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from llmcourse import models
-from llmcourse.pretraining import TrainConfig, clm_loss, init_distributed, lm_batches, lm_eval_batches, shard, train
+from llmcourse.batches import lm_batches, lm_eval_batches
+from llmcourse.objectives import clm_loss
+from llmcourse.training import TrainConfig, init_distributed, shard, train
 from llmcourse.transformer import GPT, GPTConfig
 
 GLOBAL_BATCH, BLOCK = 32, 64

@@ -1,8 +1,24 @@
 """llmcourse: the small library behind the course on large language models.
 
-One module per idea: ``attention`` (scaled dot-product and multi-head attention, masks),
-``device`` (device, dtype and seeding), ``data`` (the Shakespeare corpus), ``models``
-(offline models), ``plots`` (figures), ``grading`` (auto-grading of the exercises).
+One idea per module, in the order the book reads them:
+
+- foundations: ``data`` (the Shakespeare corpus), ``tokenization`` (characters, words, BPE),
+  ``ngram`` (an n-gram language model), ``device`` (device, dtype, seeds);
+- attention and the Transformer: ``attention`` (scaled dot-product and multi-head attention,
+  masks), ``transformer`` (blocks, the GPT and the BERT-style encoder), ``llama`` (a modern
+  decoder: RMSNorm, rotary embeddings, SwiGLU, grouped-query attention);
+- pre-training: ``objectives`` (the losses), ``batches`` (what they read), ``training`` (the one
+  training loop, also used for fine-tuning);
+- fine-tuning: ``tasks`` (tasks from the corpus, baselines, their metrics), ``classifier`` (a
+  pretrained encoder with a head), ``freezing`` (what trains), ``adapters`` (prompt tuning,
+  prefix tuning, LoRA), ``profiling`` (memory of a training step), ``strategies`` (six
+  strategies compared);
+- applications: ``generation`` (decoding rules and beam search), ``chat`` (chat templates),
+  ``retrieval`` (embedding search with MiniLM), ``metrics`` (perplexity, BLEU, ROUGE,
+  classification scores), ``quantization`` (GGUF block formats by hand);
+- around them: ``models`` (the models available offline, and the course's own), ``plots``
+  (figures and tables), ``grading`` (auto-grading of the exercises in a sandbox), ``book``
+  (building the book offline) and ``cli`` (the ``llmcourse`` command).
 """
 
 __version__ = "0.1.0"

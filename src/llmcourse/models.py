@@ -204,7 +204,7 @@ class CourseModel(NamedTuple):
 
     model: Any
     tokenizer: Any
-    history: Any  # llmcourse.pretraining.History
+    history: Any  # llmcourse.training.History
     info: dict[str, Any]
 
 
@@ -225,7 +225,7 @@ class PairCorpus(NamedTuple):
     """Line pairs as word ids for BERT-style pre-training, split by play."""
 
     tokenizer: Any  # lowercase WordTokenizer with [PAD] [CLS] [SEP] [MASK] appended
-    special: Any  # llmcourse.pretraining.SpecialTokens
+    special: Any  # llmcourse.batches.SpecialTokens
     train_examples: list[tuple[list[int], list[int], int]]  # (ids, segment ids, is_next)
     val_examples: list[tuple[list[int], list[int], int]]
     train_plays: list[str]
@@ -276,7 +276,7 @@ def bpe_corpus(vocab_size: int = 768) -> TokenCorpus:
 def pair_corpus(max_length: int = 48, min_count: int = 3, n_train: int | None = None, n_val: int = 4096) -> PairCorpus:
     """Pairs of consecutive or unrelated lines (``nsp_pairs``), encoded as ``[CLS] A [SEP] B [SEP]`` word ids."""
     from llmcourse import data
-    from llmcourse.pretraining import add_special_tokens, encode_pair, nsp_pairs
+    from llmcourse.batches import add_special_tokens, encode_pair, nsp_pairs
     from llmcourse.tokenization import WordTokenizer
 
     split = data.split_by_play(test_fraction=TEST_FRACTION, seed=SPLIT_SEED)
@@ -296,7 +296,9 @@ def pair_corpus(max_length: int = 48, min_count: int = 3, n_train: int | None = 
 
 def _gpt(corpus: TokenCorpus, recipe: dict[str, Any], progress: bool) -> CourseModel:
     from llmcourse.device import seed_everything
-    from llmcourse.pretraining import TrainConfig, clm_loss, lm_batches, lm_eval_batches, train
+    from llmcourse.batches import lm_batches, lm_eval_batches
+    from llmcourse.objectives import clm_loss
+    from llmcourse.training import TrainConfig, train
     from llmcourse.transformer import GPT, GPTConfig
 
     seed_everything(0)
@@ -324,7 +326,9 @@ def _mlm_encoder(progress: bool) -> CourseModel:
     import torch
 
     from llmcourse.device import seed_everything
-    from llmcourse.pretraining import IGNORE_INDEX, TrainConfig, bert_loss, pair_batches, train
+    from llmcourse.batches import pair_batches
+    from llmcourse.objectives import IGNORE_INDEX, bert_loss
+    from llmcourse.training import TrainConfig, train
     from llmcourse.transformer import EncoderConfig, MLMEncoder
 
     corpus = pair_corpus(**MLM_ENCODER["corpus"])
@@ -502,7 +506,7 @@ def load_course_model(name: str, progress: bool = True, retrain: bool = False) -
 
 def _load_or_train(name: str, progress: bool, retrain: bool) -> CourseModel:
     from llmcourse import transformer
-    from llmcourse.pretraining import History
+    from llmcourse.training import History
 
     folder = cache_dir() / name
     done = folder / "course_model.json"

@@ -1,4 +1,5 @@
-"""Figures for the book: attention heatmaps (one head or a grid of heads), loss curves."""
+"""Figures and tables for the book: attention heatmaps (one head or a grid of heads), loss curves,
+Markdown tables of named rows."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-__all__ = ["attention_heatmap", "attention_grid", "loss_curves"]
+__all__ = ["attention_heatmap", "attention_grid", "loss_curves", "markdown_table"]
 
 
 def _to_numpy(weights: Any) -> np.ndarray:
@@ -107,3 +108,22 @@ def loss_curves(
     ax.grid(alpha=0.3)
     ax.legend()
     return ax
+
+
+def markdown_table(rows: dict[str, dict[str, Any]], formats: dict[str, str] | None = None, index: str = "") -> str:
+    """A Markdown table of named rows (``{row: {column: value}}``), for notebooks (``IPython.display.Markdown``).
+
+    ``formats`` maps a column to a format spec (``"{:.3f}"``); a missing value leaves its cell empty.
+    """
+    formats = formats or {}
+    columns = list(dict.fromkeys(column for row in rows.values() for column in row))
+
+    def cell(column: str, value: Any) -> str:
+        if value is None:
+            return ""
+        return formats.get(column, "{}").format(value)
+
+    lines = ["| " + " | ".join([index, *columns]) + " |", "|" + "---|" * (len(columns) + 1)]
+    for name, row in rows.items():
+        lines.append("| " + " | ".join([name, *(cell(c, row.get(c)) for c in columns)]) + " |")
+    return "\n".join(lines)

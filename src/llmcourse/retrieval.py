@@ -97,8 +97,13 @@ def speech_documents(
     return documents
 
 
-def mean_pool(hidden: Tensor, attention_mask: Tensor) -> Tensor:
-    """Average (B, T, d) hidden states over the positions where the (B, T) mask is 1; -> (B, d)."""
+def mean_pool(hidden: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+    """Average (B, T, d) hidden states over the positions where the (B, T) mask is 1; -> (B, d).
+
+    MiniLM was trained to embed sentences this way; with no mask every position counts.
+    """
+    if attention_mask is None:
+        return hidden.mean(dim=1)
     mask = attention_mask.to(hidden.dtype).unsqueeze(-1)  # (B, T, 1)
     return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
 

@@ -286,7 +286,7 @@ class _Checkpointable(nn.Module):
 class GPT(_Checkpointable):
     """Decoder-only language model: token + position embeddings, causal pre-LN blocks, final LayerNorm, LM head.
 
-    ``forward(input_ids)`` returns next-token logits; the loss lives in ``llmcourse.pretraining``.
+    ``forward(input_ids)`` returns next-token logits; the loss lives in ``llmcourse.objectives``.
     With a ``KVCache`` from ``new_cache`` the forward pass takes only the new tokens and reuses
     the keys and values of the earlier ones (``llmcourse.generation`` decodes that way).
     """

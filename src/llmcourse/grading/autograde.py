@@ -31,7 +31,7 @@ from sqlalchemy.exc import SAWarning
 from tqdm import tqdm
 
 from .course import GradingCourse, GradingError, last_error_line, source_folder
-from .executor import NOTEBOOK_TIMEOUT_S, STOPS, WARNINGS
+from .executor import STOPS, WARNINGS
 from .notebooks import SubmissionError, check_assignment, graded_cells, load_notebook, restore_missing_cells
 from .sandbox import cpu_threads, probe
 from .settings import SOLUTIONS_DIR, assignment_limits

@@ -43,7 +43,6 @@ import json
 import math
 import random
 import re
-import secrets
 import string
 import time
 import zlib

@@ -45,6 +45,24 @@ def copy_bandwidth(megabytes: int = 512, repeats: int = 5) -> float:
     return 2 * source.nbytes / best
 
 
+def matvec_seconds(model: torch.nn.Module, repeats: int = 5) -> float:
+    """Best time of one matrix-vector product with every weight matrix of ``model``, nothing else.
+
+    This is the floor of one cached decoding step with float32 weights on this machine and these
+    threads: the same bytes read by the same BLAS kernels, without attention, norms or Python.
+    """
+    matrices = [p for p in model.parameters() if p.dim() == 2]
+    vectors = {m.shape[1]: torch.randn(1, m.shape[1]) for m in matrices}
+    best = float("inf")
+    with torch.no_grad():
+        for _ in range(repeats):
+            start = time.perf_counter()
+            for m in matrices:
+                torch.nn.functional.linear(vectors[m.shape[1]], m)
+            best = min(best, time.perf_counter() - start)
+    return best
+
+
 def llama_decoding(repeats: int) -> dict[str, float]:
     """Cached greedy decoding of 128 tokens: ours over Transformers' ``generate``, one thread and all threads."""
     from llmcourse.generation import generate
@@ -72,6 +90,8 @@ def llama_decoding(repeats: int) -> dict[str, float]:
             results[f"llama_decode_speed_vs_hf{suffix}"] = t_hf / t_ours
             results[f"llama_decode_tokens_per_s_ours{suffix}"] = NEW_TOKENS / t_ours
             results[f"llama_decode_tokens_per_s_hf{suffix}"] = NEW_TOKENS / t_hf
+            # the floor over our time: 1.0 would mean nothing but the weight reads costs anything
+            results[f"llama_decode_vs_matvec_floor{suffix}"] = matvec_seconds(ours) * NEW_TOKENS / t_ours
         bandwidth = copy_bandwidth()
     finally:
         _threads(everything)

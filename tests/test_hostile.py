@@ -42,7 +42,7 @@ MARKER = "llmcourse_hostile_marker_7f3a"  # in the command line of every process
 SUPPORT = probe()
 needs_bwrap = pytest.mark.skipif(not SUPPORT.sandboxed, reason=f"no bubblewrap sandbox here: {SUPPORT.problems}")
 needs_cgroups = pytest.mark.skipif(set(SUPPORT.cgroups) != {"memory", "pids"},
-                                   reason=f"no v1 memory and pids cgroups here: {SUPPORT.problems}")
+                                   reason=f"no memory and pids cgroups (v1 or v2) here: {SUPPORT.problems}")
 
 SABOTAGE = '''
 def causal_mask(T):  # the attack worked: lose the causal-mask marks

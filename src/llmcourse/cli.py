@@ -58,8 +58,8 @@ def cmd_grade(args: argparse.Namespace) -> int:
     from .grading.autograde import test_names
 
     warning = probe().warning()
-    if warning:
-        print(f"WARNING: {warning}", file=sys.stderr)
+    # One line on what protects this machine from the submissions: the sandbox, the rlimits, the cgroups.
+    print(f"WARNING: {warning}" if warning else f"llmcourse grade: {probe().describe()}", file=sys.stderr)
     cache = None if args.no_cache else (args.cache or default_cache(args.assignment))
     try:
         with warnings.catch_warnings():

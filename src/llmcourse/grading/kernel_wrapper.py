@@ -7,7 +7,7 @@ The grading kernelspec's ``argv`` is::
 so jupyter_client starts this file, not ipykernel. It uses the standard library only (no
 ``llmcourse`` import, no site-packages: it starts in a few milliseconds) and:
 
-1. joins the v1 cgroups the grader created for this kernel (memory, pids), if any;
+1. joins the cgroups the grader created for this kernel (memory and pids; v1 or v2), if any;
 2. sets the resource limits: address space, file size, no core dumps;
 3. copies the connection file into the private socket folder (the only place, with the
    submission's working copy, that the sandbox sees of the grader's files);

@@ -28,7 +28,7 @@ import subprocess
 import sys
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 GiB = 2**30
@@ -37,6 +37,7 @@ SANDBOX_ENV = "LLMCOURSE_SANDBOX"  # "off": run kernels without bubblewrap (limi
 RUN_MARKER = "LLMCOURSE_SANDBOX_RUN"  # in every kernel's environment, to find what it left behind
 WRAPPER = Path(__file__).with_name("kernel_wrapper.py")
 CGROUP_V1 = Path("/sys/fs/cgroup")
+CONTROLLERS = ("memory", "pids")
 SANDBOX_UID = 1000
 
 
@@ -44,9 +45,9 @@ SANDBOX_UID = 1000
 class Limits:
     """Resource limits of one grading kernel (and everything it starts)."""
 
-    memory_bytes: int = 2 * GiB  # v1 memory cgroup: the kernel is killed beyond it
+    memory_bytes: int = 2 * GiB  # memory cgroup (v1 or v2): the kernel is killed beyond it
     address_space_bytes: int = 4 * GiB  # RLIMIT_AS: allocations fail (MemoryError) beyond it
-    pids: int = 128  # v1 pids cgroup: fork fails beyond it
+    pids: int = 128  # pids cgroup (v1 or v2): fork fails beyond it
     file_size_bytes: int = 64 * MiB  # RLIMIT_FSIZE: writing a larger file fails (EFBIG)
     tmp_bytes: int = 256 * MiB  # size of the private /tmp (bubblewrap only)
     open_files: int = 1024  # RLIMIT_NOFILE
@@ -54,11 +55,12 @@ class Limits:
 
 @dataclass
 class Support:
-    """What this machine allows: bubblewrap, v1 cgroup controllers, and why not when not."""
+    """What this machine allows: bubblewrap, memory and pids cgroups (v1 or v2), and why not when not."""
 
     bwrap: str | None = None
-    cgroups: dict[str, Path] = field(default_factory=dict)  # controller -> our parent folder
+    cgroups: dict[str, Path] = field(default_factory=dict)  # controller -> our parent folder (v2: one for both)
     problems: list[str] = field(default_factory=list)
+    cgroup_version: int | None = None  # 1 (a hierarchy per controller), 2 (the unified one) or None
 
     @property
     def sandboxed(self) -> bool:
@@ -73,6 +75,8 @@ class Support:
             how = "UNSANDBOXED (submission code can read and write what this user can, and reach the network)"
         limits = "memory and process cgroups" if len(self.cgroups) == 2 else (
             f"{' and '.join(sorted(self.cgroups))} cgroup" if self.cgroups else "no cgroups")
+        if self.cgroups:
+            limits += f" (cgroup v{self.cgroup_version})"
         return f"grading kernels run {how}; rlimits on address space, file size and core dumps; {limits}"
 
     def warning(self) -> str | None:
@@ -197,13 +201,13 @@ class _temporary_folder:
         shutil.rmtree(self.path, ignore_errors=True)
 
 
-def _probe_cgroups() -> tuple[dict[str, Path], list[str]]:
+def _probe_cgroups_v1() -> tuple[dict[str, Path], list[str]]:
     found: dict[str, Path] = {}
     problems: list[str] = []
-    for controller in ("memory", "pids"):
+    for controller in CONTROLLERS:
         base = CGROUP_V1 / controller
         if not (base / "cgroup.procs").is_file():
-            problems.append(f"no v1 {controller} cgroup (cgroup v2 is not used by the grader)")
+            problems.append(f"no v1 {controller} cgroup")
             continue
         parent = base / "llmcourse"
         test = parent / f"probe-{os.getpid()}-{secrets.token_hex(3)}"
@@ -212,10 +216,69 @@ def _probe_cgroups() -> tuple[dict[str, Path], list[str]]:
             test.mkdir()
             test.rmdir()
         except OSError as error:
-            problems.append(f"cannot create a {controller} cgroup ({error.strerror})")
+            problems.append(f"cannot create a v1 {controller} cgroup ({error.strerror})")
             continue
         found[controller] = parent
     return found, problems
+
+
+def unified_cgroup(mounts: str, own: str) -> Path | None:
+    """The folder of this process's cgroup in the unified (v2) hierarchy, or None without one.
+
+    ``mounts`` is the text of ``/proc/self/mounts``, ``own`` that of ``/proc/self/cgroup``
+    (its ``0::/path`` line names the v2 cgroup).
+    """
+    mount = next((line.split()[1] for line in mounts.splitlines()
+                  if len(line.split()) > 2 and line.split()[2] == "cgroup2"), None)
+    relative = next((line[3:] for line in own.splitlines() if line.startswith("0::")), None)
+    if mount is None or relative is None:
+        return None
+    return Path(mount) / relative.lstrip("/")
+
+
+def _probe_cgroups_v2() -> tuple[dict[str, Path], list[str]]:
+    """A parent cgroup for the kernels in the unified hierarchy, when memory and pids are delegated to us.
+
+    The parent is a new child of this process's own cgroup, with both controllers enabled for
+    its children; that works when the own cgroup already passes them down (its
+    ``cgroup.subtree_control`` lists them: a systemd unit with ``Delegate=yes``, or a container
+    given a cgroup of its own), or when we may enable them there.
+    """
+    try:
+        own = unified_cgroup(Path("/proc/self/mounts").read_text(), Path("/proc/self/cgroup").read_text())
+    except OSError as error:
+        return {}, [f"cannot read this process's cgroup ({error.strerror})"]
+    if own is None or not (own / "cgroup.controllers").is_file():
+        return {}, ["no cgroup v2 hierarchy"]
+    available = set((own / "cgroup.controllers").read_text().split())
+    missing = [c for c in CONTROLLERS if c not in available]
+    if missing:
+        return {}, [f"cgroup v2 has no {' and '.join(missing)} controller for this process (not delegated)"]
+    enabled = set((own / "cgroup.subtree_control").read_text().split())
+    try:
+        if not set(CONTROLLERS) <= enabled:
+            (own / "cgroup.subtree_control").write_text(" ".join(f"+{c}" for c in CONTROLLERS))
+        parent = own / "llmcourse"
+        parent.mkdir(exist_ok=True)
+        if not set(CONTROLLERS) <= set((parent / "cgroup.subtree_control").read_text().split()):
+            (parent / "cgroup.subtree_control").write_text(" ".join(f"+{c}" for c in CONTROLLERS))
+        test = parent / f"probe-{os.getpid()}-{secrets.token_hex(3)}"
+        test.mkdir()
+        test.rmdir()
+    except OSError as error:
+        return {}, [f"cannot make cgroup v2 children with memory and pids limits under {own} ({error.strerror})"]
+    return dict.fromkeys(CONTROLLERS, parent), []
+
+
+def _probe_cgroups() -> tuple[dict[str, Path], list[str], int | None]:
+    """v1 controllers where the host mounts them, else the unified hierarchy's; the problems of both otherwise."""
+    found, problems = _probe_cgroups_v1()
+    if len(found) == len(CONTROLLERS):
+        return found, problems, 1
+    unified, problems_v2 = _probe_cgroups_v2()
+    if unified:
+        return unified, [], 2
+    return found, problems + problems_v2, 1 if found else None
 
 
 @functools.cache
@@ -234,7 +297,7 @@ def probe() -> Support:
                 support.problems.append(problem)
             else:
                 support.bwrap = bwrap
-    support.cgroups, problems = _probe_cgroups()
+    support.cgroups, problems, support.cgroup_version = _probe_cgroups()
     support.problems += problems
     return support
 
@@ -327,7 +390,7 @@ class KernelSandbox:
                                MODEL_CACHE_IN_SANDBOX if sandboxed else str(model_cache())),
             "limits": {"address_space": self.limits.address_space_bytes, "file_size": self.limits.file_size_bytes,
                        "core": 0, "open_files": self.limits.open_files},
-            "cgroups": [str(path) for path in cgroups.values()],
+            "cgroups": sorted({str(path) for path in cgroups.values()}),  # v2: one folder for both
             "bwrap": self.support.bwrap,
             "bwrap_args": bwrap_args(workdir, self.socket_dir, self.limits) if sandboxed else [],
         }
@@ -336,13 +399,17 @@ class KernelSandbox:
 
     def _make_cgroups(self, name: str) -> dict[str, Path]:
         made: dict[str, Path] = {}
-        settings = {"memory": {"memory.limit_in_bytes": self.limits.memory_bytes,
-                               "memory.memsw.limit_in_bytes": self.limits.memory_bytes},
-                    "pids": {"pids.max": self.limits.pids}}
+        if self.support.cgroup_version == 2:  # one cgroup holds both limits
+            settings = {"memory": {"memory.max": self.limits.memory_bytes, "memory.swap.max": 0},
+                        "pids": {"pids.max": self.limits.pids}}
+        else:
+            settings = {"memory": {"memory.limit_in_bytes": self.limits.memory_bytes,
+                                   "memory.memsw.limit_in_bytes": self.limits.memory_bytes},
+                        "pids": {"pids.max": self.limits.pids}}
         for controller, parent in self.support.cgroups.items():
             path = parent / name
             try:
-                path.mkdir()
+                path.mkdir(exist_ok=self.support.cgroup_version == 2)
                 for key, value in settings[controller].items():
                     if (path / key).exists():
                         (path / key).write_text(str(value))
@@ -368,6 +435,12 @@ class KernelSandbox:
         path = run.cgroups.get("memory")
         if path is None:
             return False
+        if self.support.cgroup_version == 2:
+            try:
+                events = dict(line.split() for line in (path / "memory.events").read_text().splitlines())
+                return int(events.get("oom_kill", 0)) > 0 or int(events.get("max", 0)) > 0
+            except (OSError, ValueError):
+                return False
         try:
             for line in (path / "memory.oom_control").read_text().splitlines():
                 if line.startswith("oom_kill ") and int(line.split()[1]) > 0:
@@ -380,17 +453,18 @@ class KernelSandbox:
     def finish(self, run: KernelRun) -> int:
         """End every process the kernel left, remove its cgroups and working copy; return how many were ended."""
         ended = 0
-        for path in run.cgroups.values():
+        folders = set(run.cgroups.values())  # v2: one folder for both controllers
+        for path in folders:
             ended += _empty_cgroup(path)
         ended += kill_marked(run.marker)
-        for path in run.cgroups.values():
+        for path in folders:
             _remove_cgroup(path)
         shutil.rmtree(run.workdir, ignore_errors=True)
         return ended
 
     def close(self) -> None:
         """Remove what is left of every kernel (the course folder itself is removed by its owner)."""
-        for controller, parent in self.support.cgroups.items():
+        for parent in set(self.support.cgroups.values()):
             for path in parent.glob(f"{os.getpid()}-*"):
                 _empty_cgroup(path)
                 _remove_cgroup(path)
@@ -404,8 +478,18 @@ def _cgroup_pids(path: Path) -> list[int]:
 
 
 def _empty_cgroup(path: Path, seconds: float = 5.0) -> int:
-    """SIGKILL every process in the cgroup until it is empty (a fork bomb refills it for a while)."""
+    """SIGKILL every process in the cgroup until it is empty (a fork bomb refills it for a while).
+
+    On cgroup v2 ``cgroup.kill`` ends them all at once (Linux 5.14 and later); the loop then
+    finds nothing left, or the stragglers of an older kernel.
+    """
     ended: set[int] = set()
+    if (path / "cgroup.kill").exists():
+        ended.update(_cgroup_pids(path))
+        try:
+            (path / "cgroup.kill").write_text("1")
+        except OSError:
+            pass
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         pids = _cgroup_pids(path)
@@ -456,8 +540,3 @@ def kill_marked(marker: str) -> int:
             break
         time.sleep(0.05)
     return ended
-
-
-def describe_limits(limits: Limits) -> dict[str, int]:
-    """The limits as a plain dict (for reports and tests)."""
-    return asdict(limits)

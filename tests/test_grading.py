@@ -350,7 +350,8 @@ def test_cli_module_runs_as_a_script() -> None:
 
 def test_grading_kernel_runs_this_interpreter_through_the_sandbox(tmp_path: Path) -> None:
     from llmcourse.grading.sandbox import WRAPPER, KernelSandbox, kernel_command
-    from llmcourse.grading.settings import GRADER_KERNEL, write_kernelspec
+    from llmcourse.grading.config import write_kernelspec
+    from llmcourse.grading.settings import GRADER_KERNEL
 
     plain = json.loads((write_kernelspec(tmp_path / "plain") / "kernel.json").read_text())
     assert plain["argv"][:3] == [sys.executable, "-m", "ipykernel_launcher"]

@@ -45,9 +45,9 @@ def _table(rows: Sequence[Sequence[str]]) -> str:
 
 def default_cache(assignment: str) -> Path:
     """Where ``llmcourse grade`` keeps results for resuming: the user's cache folder."""
-    from .grading.settings import exchange_root
+    from .grading.settings import grading_results_dir
 
-    return exchange_root().parent / "grading" / f"{assignment}.jsonl"
+    return grading_results_dir() / f"{assignment}.jsonl"
 
 
 def cmd_grade(args: argparse.Namespace) -> int:

@@ -30,6 +30,8 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from llmcourse.cache import cache_dir
+
 __all__ = [
     "minilm_path",
     "load_minilm_tokenizer",
@@ -234,11 +236,6 @@ class PairCorpus(NamedTuple):
 
 #: The held-out plays: 15% of each genre, the same for every course model and notebook.
 SPLIT_SEED, TEST_FRACTION = 0, 0.15
-
-
-def cache_dir() -> Path:
-    """Where course models are kept: ``$LLMCOURSE_CACHE`` or ``~/.cache/llmcourse``."""
-    return Path(os.environ.get("LLMCOURSE_CACHE") or Path.home() / ".cache" / "llmcourse").expanduser()
 
 
 def _token_corpus(make_tokenizer: Callable[[str], Any]) -> TokenCorpus:

@@ -1,23 +1,47 @@
 """Auto-grading of the course's nbgrader exercises: release, grade, validate.
 
 The command line (``llmcourse grade / release / validate``) is a thin layer over these
-functions; see ``llmcourse.cli``. Kernels run in a sandbox (``sandbox``), with limits and
-fault handling in ``executor``; learners' feedback pages come from ``feedback``.
+functions; see ``llmcourse.cli``. The modules, from the leaf up:
+
+- ``settings``: paths, limits and the nbgrader options every grading path shares (imports nothing
+  of the grader: ``nbgrader_config.py`` reads it at every start of JupyterLab);
+- ``notebooks``: reading notebooks and their nbgrader cells; ``sandbox``: the kernel's sandbox and
+  its limits; ``kernel_wrapper``: the script that starts a kernel inside it;
+- ``executor``: running a notebook's cells in that kernel, with the checks against tampering;
+  ``config``: the nbgrader configuration of a grading course; ``course``: such a course;
+- ``autograde``: grading submissions (and its worker processes, ``worker``); ``feedback``: the
+  learners' pages; ``execution``: running a notebook's tests outside grading (``validate``).
+
+The names below are loaded on first use, so that importing one module does not import them all.
 """
 
-from .autograde import (
-    GradeResult, SandboxWarning, Submission, TestResult, find_submissions, grade, grade_submission, source_hash,
-    write_csv,
-)
-from .course import GradingCourse, GradingError, assignment_names, check_unique_answer_ids, release_assignment
-from .executor import NOTEBOOK_TIMEOUT_S
-from .notebooks import SubmissionError, comparable, load_notebook
-from .sandbox import Limits, probe
-from .settings import CELL_TIMEOUT_S, EXERCISES_DIR, REPO_ROOT, SOLUTIONS_DIR, apply_grading_settings
+from __future__ import annotations
 
-__all__ = [
-    "CELL_TIMEOUT_S", "EXERCISES_DIR", "NOTEBOOK_TIMEOUT_S", "REPO_ROOT", "SOLUTIONS_DIR", "GradeResult",
-    "GradingCourse", "GradingError", "Limits", "SandboxWarning", "Submission", "SubmissionError", "TestResult",
-    "apply_grading_settings", "assignment_names", "check_unique_answer_ids", "comparable", "find_submissions",
-    "grade", "grade_submission", "load_notebook", "probe", "release_assignment", "source_hash", "write_csv",
-]
+import importlib
+from typing import Any
+
+_WHERE = {
+    "GradeResult": "autograde", "SandboxWarning": "autograde", "Submission": "autograde", "TestResult": "autograde",
+    "find_submissions": "autograde", "grade": "autograde", "grade_submission": "autograde",
+    "source_hash": "autograde", "write_csv": "autograde",
+    "GradingCourse": "course", "GradingError": "course", "assignment_names": "course",
+    "check_unique_answer_ids": "course", "release_assignment": "course",
+    "SubmissionError": "notebooks", "comparable": "notebooks", "load_notebook": "notebooks",
+    "Limits": "sandbox", "probe": "sandbox",
+    "CELL_TIMEOUT_S": "settings", "EXERCISES_DIR": "settings", "NOTEBOOK_TIMEOUT_S": "settings",
+    "REPO_ROOT": "settings", "SOLUTIONS_DIR": "settings", "apply_grading_settings": "settings",
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_WHERE))

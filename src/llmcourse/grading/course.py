@@ -14,10 +14,11 @@ from nbformat import NotebookNode
 from nbgrader.apps import NbGraderAPI
 from nbgrader.coursedir import CourseDirectory
 
-from .executor import NOTEBOOK_TIMEOUT_S, SANDBOXES
+from .config import grading_config, put_interpreter_on_path, write_kernelspec
+from .executor import SANDBOXES
 from .notebooks import answer_ids, graded_cells, nbgrader_meta
 from .sandbox import KernelSandbox, Limits
-from .settings import CELL_TIMEOUT_S, SOLUTIONS_DIR, grading_config, put_interpreter_on_path, write_kernelspec
+from .settings import CELL_TIMEOUT_S, NOTEBOOK_TIMEOUT_S, SOLUTIONS_DIR
 
 
 class GradingError(Exception):

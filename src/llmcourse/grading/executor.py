@@ -60,9 +60,8 @@ from traitlets import Float, Integer, Unicode, default
 
 from .notebooks import nbgrader_meta
 from .sandbox import KernelRun, KernelSandbox
+from .settings import MAX_OUTPUT_CHARS, NOTEBOOK_TIMEOUT_S
 
-NOTEBOOK_TIMEOUT_S = 300  # per notebook, while grading
-MAX_OUTPUT_CHARS = 20_000  # per cell, in the graded notebook and the feedback
 IMAGE_WEIGHT = 25  # an image's encoded characters count this much less against MAX_OUTPUT_CHARS
 TRUNCATED = "\n[... output truncated by the grader: more than {limit} characters ...]\n"
 

@@ -31,6 +31,10 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from llmcourse.cache import cache_dir
+
+from .settings import PRIVATE_CACHE_FOLDERS, REPO_ROOT, SOLUTIONS_DIR
+
 GiB = 2**30
 MiB = 2**20
 SANDBOX_ENV = "LLMCOURSE_SANDBOX"  # "off": run kernels without bubblewrap (limits still apply)
@@ -96,8 +100,6 @@ def interpreter_paths() -> list[Path]:
     Never a folder holding the course's solutions (an editable install of a repository's
     ``src/`` is fine; the repository root is refused).
     """
-    from .settings import REPO_ROOT, SOLUTIONS_DIR  # here: settings imports this module
-
     paths: list[Path] = []
     for prefix in {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}:
         paths.append(Path(prefix).resolve())
@@ -137,17 +139,10 @@ def _root_links() -> list[str]:
 
 
 MODEL_CACHE_IN_SANDBOX = "/opt/llmcourse-models"
-PRIVATE_CACHE_FOLDERS = {"grading", "nbgrader-exchange"}  # grades and submissions: never mounted
-
-
-def model_cache() -> Path:
-    """The course's model cache (as ``llmcourse.models.cache_dir``): ``$LLMCOURSE_CACHE`` or ``~/.cache/llmcourse``."""
-    return Path(os.environ.get("LLMCOURSE_CACHE") or Path.home() / ".cache" / "llmcourse").expanduser()
-
 
 def _model_cache_binds() -> list[str]:
     # The course's pretrained models, read-only; not the grading results nor the exchange beside them.
-    cache = model_cache()
+    cache = cache_dir()
     if not cache.is_dir():
         return []
     args = ["--dir", MODEL_CACHE_IN_SANDBOX]
@@ -387,7 +382,7 @@ class KernelSandbox:
             "log": str(self.log_path),
             "kernel_argv": kernel_command(),
             "env": _kernel_env("/tmp" if sandboxed else str(workdir), self.threads, marker,
-                               MODEL_CACHE_IN_SANDBOX if sandboxed else str(model_cache())),
+                               MODEL_CACHE_IN_SANDBOX if sandboxed else str(cache_dir())),
             "limits": {"address_space": self.limits.address_space_bytes, "file_size": self.limits.file_size_bytes,
                        "core": 0, "open_files": self.limits.open_files},
             "cgroups": sorted({str(path) for path in cgroups.values()}),  # v2: one folder for both

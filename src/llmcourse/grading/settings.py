@@ -1,32 +1,33 @@
-"""Where the course's assignments live, and the nbgrader settings shared by every grading path.
+"""Where the course's assignments live, the grading limits, and the nbgrader settings every grading path shares.
 
-`nbgrader_config.py` at the repository root and the temporary courses built by `llmcourse grade`
-both call `apply_grading_settings`, so the limits are the same everywhere.
+A leaf: it imports nothing of the grader, so that ``nbgrader_config.py`` (read at every start of
+JupyterLab and of ``nbgrader``) stays light. `nbgrader_config.py` at the repository root and the
+temporary courses built by `llmcourse grade` (``config.grading_config``) both call
+``apply_grading_settings``, so the limits are the same everywhere.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import sys
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from nbformat import NotebookNode
-from nbgrader.converters import Autograde
-from nbgrader.preprocessors import Execute
-from traitlets.config import Config
+from llmcourse.cache import cache_dir
 
-from .executor import MAX_OUTPUT_CHARS, NOTEBOOK_TIMEOUT_S, GraderExecute, GraderKernelManager
-from .sandbox import KernelSandbox
+if TYPE_CHECKING:
+    from nbformat import NotebookNode
+    from traitlets.config import Config
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 SOLUTIONS_DIR = REPO_ROOT / "solutions"
 EXERCISES_DIR = REPO_ROOT / "exercises"
 
 CELL_TIMEOUT_S = 60  # per cell, while grading and validating (nbgrader's default is 30 s)
+NOTEBOOK_TIMEOUT_S = 300  # per notebook, while grading
 OUTPUTS_TIMEOUT_S = 600  # per cell, when re-executing the book's notebooks
+MAX_OUTPUT_CHARS = 20_000  # per cell, in the graded notebook and the feedback
 GRADER_KERNEL = "llmcourse-grader"
+PRIVATE_CACHE_FOLDERS = ("grading", "nbgrader-exchange")  # in the cache, never mounted into a sandbox
 
 
 def assignment_limits(notebooks: Iterable[NotebookNode]) -> tuple[int, int]:
@@ -49,52 +50,13 @@ def assignment_limits(notebooks: Iterable[NotebookNode]) -> tuple[int, int]:
 
 
 def exchange_root() -> Path:
-    """Return nbgrader's exchange folder in the user's cache (the default, /srv, is not writable)."""
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return cache / "llmcourse" / "nbgrader-exchange"
+    """nbgrader's exchange folder, in the course's cache (nbgrader's default, /srv, is not writable)."""
+    return cache_dir() / "nbgrader-exchange"
 
 
-def kernel_argv() -> list[str]:
-    """Return the plain command line of an ipykernel on this interpreter (no sandbox).
-
-    Grading kernels run it through ``kernel_wrapper.py`` (see ``sandbox.KernelSandbox``),
-    which adds the connection file and the sandbox around it.
-    """
-    return [
-        sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}",
-        "--HistoryManager.hist_file=:memory:",
-        "--IPKernelApp.log_level=ERROR",  # one TCP-encryption warning per submission otherwise
-    ]
-
-
-def write_kernelspec(kernels_dir: Path, sandbox: KernelSandbox | None = None) -> Path:
-    """Write the grading kernelspec into ``kernels_dir/<GRADER_KERNEL>/`` and return its folder.
-
-    With ``sandbox``, the kernel starts through the sandbox's wrapper and is interrupted by
-    message (a signal to its process group cannot reach into the sandbox's session).
-    """
-    folder = kernels_dir / GRADER_KERNEL
-    folder.mkdir(parents=True, exist_ok=True)
-    spec = {
-        "argv": sandbox.kernelspec_argv() if sandbox else kernel_argv(),
-        "display_name": "llmcourse grader (Python 3)",
-        "language": "python",
-        "interrupt_mode": "message" if sandbox else "signal",
-        "env": {"MPLBACKEND": "agg", "PYDEVD_DISABLE_FILE_VALIDATION": "1"},
-    }
-    (folder / "kernel.json").write_text(json.dumps(spec, indent=1) + "\n")
-    return folder
-
-
-def put_interpreter_on_path() -> None:
-    """Make this interpreter's scripts folder reachable on PATH (nbgrader runs ``alembic`` by name).
-
-    Without it, ``.venv/bin/python -m ...`` from a shell where the venv is not activated fails
-    to create a gradebook with "No such file or directory: 'alembic'".
-    """
-    scripts = str(Path(sys.executable).parent)
-    if scripts not in os.environ.get("PATH", "").split(os.pathsep):
-        os.environ["PATH"] = scripts + os.pathsep + os.environ.get("PATH", "")
+def grading_results_dir() -> Path:
+    """Where ``llmcourse grade`` keeps its results cache, one file per assignment."""
+    return cache_dir() / "grading"
 
 
 def apply_grading_settings(c: Config) -> Config:
@@ -112,31 +74,8 @@ def apply_grading_settings(c: Config) -> Config:
     return c
 
 
-def grading_config(root: Path, kernels_dir: Path, cell_timeout: int = CELL_TIMEOUT_S,
-                   notebook_timeout: int = NOTEBOOK_TIMEOUT_S, sandbox: KernelSandbox | None = None) -> Config:
-    """Return the nbgrader configuration of a temporary grading course rooted at ``root``."""
-    c = Config()
-    c.CourseDirectory.root = str(root)
-    c.CourseDirectory.course_id = "llmcourse"
-    c.Exchange.root = str(root / "exchange")
-    apply_grading_settings(c)
-    c.Execute.timeout = cell_timeout
-    c.GraderKernelManager.kernels_dir = str(kernels_dir)
-    c.Execute.kernel_name = GRADER_KERNEL
-    c.GraderExecute.course_root = str(root)
-    c.GraderExecute.notebook_timeout = notebook_timeout
-    c.GraderExecute.max_output_chars = MAX_OUTPUT_CHARS
-    if sandbox is not None:
-        # Unix sockets in a private folder: TCP cannot cross the sandbox's network namespace.
-        c.KernelManager.transport = "ipc"
-        c.KernelManager.ip = sandbox.kernel_ip
-    steps = Autograde.class_traits()["autograde_preprocessors"].default()
-    c.Autograde.autograde_preprocessors = [GraderExecute if step is Execute else step for step in steps]
-    return c
-
-
 __all__ = [
-    "CELL_TIMEOUT_S", "EXERCISES_DIR", "GRADER_KERNEL", "GraderExecute", "GraderKernelManager",
-    "NOTEBOOK_TIMEOUT_S", "OUTPUTS_TIMEOUT_S", "REPO_ROOT", "SOLUTIONS_DIR", "apply_grading_settings", "assignment_limits",
-    "exchange_root", "grading_config", "kernel_argv", "put_interpreter_on_path", "write_kernelspec",
+    "CELL_TIMEOUT_S", "EXERCISES_DIR", "GRADER_KERNEL", "MAX_OUTPUT_CHARS", "NOTEBOOK_TIMEOUT_S", "OUTPUTS_TIMEOUT_S",
+    "PRIVATE_CACHE_FOLDERS", "REPO_ROOT", "SOLUTIONS_DIR", "apply_grading_settings", "assignment_limits",
+    "exchange_root", "grading_results_dir",
 ]

@@ -27,6 +27,7 @@ from llmcourse.tokenization import (
     get_pair_counts,
     merge,
     split_sentences,
+    tokenizer_from_dict,
     word_tokenize,
 )
 
@@ -186,3 +187,17 @@ def test_char_tokenizer_round_trips_its_alphabet() -> None:
     assert chars.vocab_size == 1 + len(set("to be or not"))
     assert chars.decode(chars.encode("not to be")) == "not to be"
     assert chars.tokens("tax") == ["t", UNK, UNK]
+
+
+@pytest.mark.parametrize("kind", ["char", "word", "bpe"])
+def test_tokenizers_rebuild_from_their_json(kind: str, sample: str) -> None:
+    made = {"char": lambda: CharTokenizer(sample), "word": lambda: WordTokenizer(sample, min_count=2, lowercase=True),
+            "bpe": lambda: BPETokenizer().train(sample, 300)}[kind]()
+    rebuilt = tokenizer_from_dict(json.loads(json.dumps(made.to_dict())))  # what the cache stores
+    assert type(rebuilt) is type(made) and rebuilt.vocab_size == made.vocab_size
+    text = sample[:2000] + " Zounds, a word never seen: qwxz!"
+    assert rebuilt.encode(text) == made.encode(text)
+    ids = made.encode(text)
+    assert rebuilt.decode(ids) == made.decode(ids)
+    with pytest.raises(ValueError, match="not a saved course tokenizer"):
+        tokenizer_from_dict({"type": "SentencePiece"})

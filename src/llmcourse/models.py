@@ -18,6 +18,7 @@ then cached under ``~/.cache/llmcourse`` (or ``$LLMCOURSE_CACHE``).
 from __future__ import annotations
 
 import contextlib
+import functools
 import fcntl
 import importlib.util
 import json
@@ -319,6 +320,22 @@ def _bpe_gpt(progress: bool) -> CourseModel:
     return _gpt(bpe_corpus(BPE_GPT["vocab_size"]), BPE_GPT, progress)
 
 
+def _mlm_and_nsp_accuracy(encoder: Any, batches: Iterable[dict[str, Any]]) -> dict[str, float]:
+    """Held-out scores of a BERT-style encoder: top-1 accuracy on the masked words, and on next-sentence labels."""
+    from llmcourse.objectives import IGNORE_INDEX
+
+    hits = masked = right = pairs = 0
+    for batch in batches:
+        selected = batch["labels"] != IGNORE_INDEX
+        mlm_logits, nsp_logits = encoder(batch["input_ids"], batch["attention_mask"], batch["segment_ids"],
+                                         mlm_positions=selected)
+        hits += int((mlm_logits.argmax(-1) == batch["labels"][selected]).sum())
+        masked += int(selected.sum())
+        right += int((nsp_logits.argmax(-1) == batch["next_sentence_label"]).sum())
+        pairs += len(nsp_logits)
+    return {"mlm_top1": hits / masked, "nsp_accuracy": right / pairs}
+
+
 def _mlm_encoder(progress: bool) -> CourseModel:
     import torch
 
@@ -335,18 +352,6 @@ def _mlm_encoder(progress: bool) -> CourseModel:
     # Held-out pairs masked at BERT's 15%, whatever rate training uses, so the figures compare with BERT's.
     val_batches = list(pair_batches(corpus.val_examples[:1024], 128, corpus.special, vocab_size, seed=1, endless=False))
 
-    def held_out_accuracy(encoder: Any) -> dict[str, float]:
-        hits = masked = right = pairs = 0
-        for batch in val_batches:
-            selected = batch["labels"] != IGNORE_INDEX
-            mlm_logits, nsp_logits = encoder(batch["input_ids"], batch["attention_mask"], batch["segment_ids"],
-                                             mlm_positions=selected)
-            hits += int((mlm_logits.argmax(-1) == batch["labels"][selected]).sum())
-            masked += int(selected.sum())
-            right += int((nsp_logits.argmax(-1) == batch["next_sentence_label"]).sum())
-            pairs += len(nsp_logits)
-        return {"mlm_top1": hits / masked, "nsp_accuracy": right / pairs}
-
     with torch.no_grad():  # the masked words' frequencies in the training pairs: the baseline to beat
         counts = torch.zeros(vocab_size)
         for ids, _, _ in corpus.train_examples:
@@ -360,7 +365,7 @@ def _mlm_encoder(progress: bool) -> CourseModel:
                      mask_prob=MLM_ENCODER["mask_prob"]),
         val_batches,
         TrainConfig(**MLM_ENCODER["training"], device="cpu", progress=progress),
-        metrics_fn=held_out_accuracy,
+        metrics_fn=functools.partial(_mlm_and_nsp_accuracy, batches=val_batches),
     )
     info = {"val_plays": corpus.val_plays, "val_loss": history.val_loss[-1], "special": list(corpus.special),
             "frequency_top1": frequency_top1}
@@ -391,46 +396,26 @@ MLM_ENCODER: dict[str, Any] = {
     "training": {"max_steps": 800, "warmup_steps": 50, "learning_rate": 2e-3, "eval_every": 100},
 }
 
-_RECIPES: dict[str, tuple[Callable[[bool], CourseModel], str]] = {
-    "shakespeare-char-gpt": (_char_gpt, "a character-level GPT (0.8M parameters) trained on 31 plays"),
-    "shakespeare-mlm": (_mlm_encoder, "a word-level BERT-style encoder (MLM + NSP) trained on line pairs of 31 plays"),
-    "shakespeare-bpe-gpt": (_bpe_gpt, "a GPT on byte-pair tokens (768, learned on the same plays) trained on 31 plays"),
+class _Recipe(NamedTuple):
+    """How a course model is made: the function that trains it, what it is, and its recipe's version."""
+
+    build: Callable[[bool], CourseModel]  # build(progress) -> the trained model
+    description: str
+    version: int  # bump it when the recipe changes, so that stale caches are retrained (and only those)
+
+
+_RECIPES: dict[str, _Recipe] = {
+    "shakespeare-char-gpt": _Recipe(_char_gpt, "a character-level GPT (0.8M parameters) trained on 31 plays", 1),
+    "shakespeare-mlm": _Recipe(_mlm_encoder, "a word-level BERT-style encoder (MLM + NSP) trained on line pairs of "
+                               "31 plays", 2),
+    "shakespeare-bpe-gpt": _Recipe(_bpe_gpt, "a GPT on byte-pair tokens (768, learned on the same plays) trained on "
+                                   "31 plays", 1),
 }
-#: Bump a model's number when its recipe changes, so that stale caches are retrained (and only those).
-_RECIPE_VERSIONS = {"shakespeare-char-gpt": 1, "shakespeare-mlm": 2, "shakespeare-bpe-gpt": 1}
 
 
 def course_models() -> dict[str, str]:
     """Names of the course's own models, with a one-line description each."""
-    return {name: description for name, (_, description) in _RECIPES.items()}
-
-
-def _save_tokenizer(tokenizer: Any) -> dict[str, Any]:
-    kind = type(tokenizer).__name__
-    if kind == "BPETokenizer":  # the merges, in the order learned, rebuild everything else
-        merges = [[left, right, new_id] for (left, right), new_id in tokenizer.merges.items()]
-        return {"type": kind, "pattern": tokenizer.pattern, "merges": merges, "merge_counts": tokenizer.merge_counts}
-    if kind not in ("CharTokenizer", "WordTokenizer"):
-        raise TypeError(f"cannot save a {kind}")
-    return {"type": kind, "itos": tokenizer.itos, "lowercase": getattr(tokenizer, "lowercase", False)}
-
-
-def _load_tokenizer(saved: dict[str, Any]) -> Any:
-    from llmcourse import tokenization
-
-    if saved["type"] == "BPETokenizer":
-        bpe = tokenization.BPETokenizer(saved["pattern"])
-        for left, right, new_id in saved["merges"]:
-            bpe.merges[(left, right)] = new_id
-            bpe.vocab[new_id] = bpe.vocab[left] + bpe.vocab[right]
-        bpe.merge_counts = list(saved["merge_counts"])
-        return bpe
-    tokenizer = object.__new__(getattr(tokenization, saved["type"]))  # no corpus to rebuild from: set the tables
-    tokenizer.itos = list(saved["itos"])
-    tokenizer.stoi = {token: i for i, token in enumerate(tokenizer.itos)}
-    if saved["type"] == "WordTokenizer":
-        tokenizer.lowercase = saved["lowercase"]
-    return tokenizer
+    return {name: recipe.description for name, recipe in _RECIPES.items()}
 
 
 def models_used_by(paths: Iterable[str | os.PathLike[str]]) -> list[str]:
@@ -503,17 +488,18 @@ def load_course_model(name: str, progress: bool = True, retrain: bool = False) -
 
 def _load_or_train(name: str, progress: bool, retrain: bool) -> CourseModel:
     from llmcourse import transformer
+    from llmcourse.tokenization import tokenizer_from_dict
     from llmcourse.training import History
 
     folder = cache_dir() / name
     done = folder / "course_model.json"
-    if not retrain and done.is_file() and json.loads(done.read_text()).get("version") == _RECIPE_VERSIONS[name]:
+    if not retrain and done.is_file() and json.loads(done.read_text()).get("version") == _RECIPES[name].version:
         saved = json.loads(done.read_text())
         model_class = getattr(transformer, json.loads((folder / "config.json").read_text())["model"])
         model = model_class.from_pretrained(folder).eval()
-        return CourseModel(model, _load_tokenizer(saved["tokenizer"]), History(**saved["history"]), saved["info"])
+        return CourseModel(model, tokenizer_from_dict(saved["tokenizer"]), History(**saved["history"]), saved["info"])
 
-    build, description = _RECIPES[name]
+    build, description, version = _RECIPES[name]
     print(f"Training the course model {name!r} ({description}) once, on the CPU; "
           f"this takes a few minutes. It will be cached in {folder}.", file=sys.stderr)
     start = time.perf_counter()
@@ -523,7 +509,7 @@ def _load_or_train(name: str, progress: bool, retrain: bool) -> CourseModel:
     shutil.rmtree(staging, ignore_errors=True)
     result.model.save_pretrained(staging)
     (staging / "course_model.json").write_text(json.dumps({
-        "version": _RECIPE_VERSIONS[name], "tokenizer": _save_tokenizer(result.tokenizer),
+        "version": version, "tokenizer": result.tokenizer.to_dict(),
         "history": result.history.to_dict(), "info": result.info,
     }))
     shutil.rmtree(folder, ignore_errors=True)

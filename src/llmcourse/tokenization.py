@@ -19,6 +19,7 @@ import heapq
 import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 from tqdm.auto import tqdm
 
@@ -33,6 +34,7 @@ __all__ = [
     "get_pair_counts",
     "merge",
     "BPETokenizer",
+    "tokenizer_from_dict",
 ]
 
 #: Runs of word characters, or runs of other non-space characters; the same split as the
@@ -87,6 +89,18 @@ class CharTokenizer:
         """The characters, with unseen ones shown as ``<unk>``."""
         return [self.itos[i] for i in self.encode(text)]
 
+    def to_dict(self) -> dict[str, Any]:
+        """What rebuilds this tokenizer (``tokenizer_from_dict``): its table, as JSON-ready lists."""
+        return {"type": "CharTokenizer", "itos": self.itos, "lowercase": False}
+
+    @classmethod
+    def from_dict(cls, saved: dict[str, Any]) -> CharTokenizer:
+        """The tokenizer that ``to_dict`` described (no text to rebuild it from: the table is set)."""
+        tokenizer = cls.__new__(cls)
+        tokenizer.itos = list(saved["itos"])
+        tokenizer.stoi = {token: i for i, token in enumerate(tokenizer.itos)}
+        return tokenizer
+
 
 class WordTokenizer:
     """Words and punctuation marks from ``word_tokenize``; rare words map to ``<unk>`` (id 0).
@@ -118,6 +132,19 @@ class WordTokenizer:
     def tokens(self, text: str) -> list[str]:
         """Words and punctuation, with out-of-vocabulary words shown as ``<unk>``."""
         return [self.itos[i] for i in self.encode(text)]
+
+    def to_dict(self) -> dict[str, Any]:
+        """What rebuilds this tokenizer (``tokenizer_from_dict``): its table and its case rule."""
+        return {"type": "WordTokenizer", "itos": self.itos, "lowercase": self.lowercase}
+
+    @classmethod
+    def from_dict(cls, saved: dict[str, Any]) -> WordTokenizer:
+        """The tokenizer that ``to_dict`` described (special tokens appended later are in its table)."""
+        tokenizer = cls.__new__(cls)
+        tokenizer.lowercase = saved["lowercase"]
+        tokenizer.itos = list(saved["itos"])
+        tokenizer.stoi = {token: i for i, token in enumerate(tokenizer.itos)}
+        return tokenizer
 
 
 Pair = tuple[int, int]
@@ -258,3 +285,26 @@ class BPETokenizer:
     def tokens(self, text: str) -> list[str]:
         """The pieces of ``text`` as strings (a piece holding part of a character shows U+FFFD)."""
         return [self.vocab[i].decode("utf-8", errors="replace") for i in self.encode(text)]
+
+    def to_dict(self) -> dict[str, Any]:
+        """What rebuilds this tokenizer: the merges in the order learned rebuild everything else."""
+        merges = [[left, right, new_id] for (left, right), new_id in self.merges.items()]
+        return {"type": "BPETokenizer", "pattern": self.pattern, "merges": merges, "merge_counts": self.merge_counts}
+
+    @classmethod
+    def from_dict(cls, saved: dict[str, Any]) -> BPETokenizer:
+        """The tokenizer that ``to_dict`` described, its vocabulary rebuilt from the merges."""
+        bpe = cls(saved["pattern"])
+        for left, right, new_id in saved["merges"]:
+            bpe.merges[(left, right)] = new_id
+            bpe.vocab[new_id] = bpe.vocab[left] + bpe.vocab[right]
+        bpe.merge_counts = list(saved["merge_counts"])
+        return bpe
+
+
+def tokenizer_from_dict(saved: dict[str, Any]) -> CharTokenizer | WordTokenizer | BPETokenizer:
+    """Any of the course's tokenizers from what its ``to_dict`` returned (``saved["type"]`` names the class)."""
+    classes = {cls.__name__: cls for cls in (CharTokenizer, WordTokenizer, BPETokenizer)}
+    if saved.get("type") not in classes:
+        raise ValueError(f"not a saved course tokenizer: type {saved.get('type')!r}, expected one of {sorted(classes)}")
+    return classes[saved["type"]].from_dict(saved)

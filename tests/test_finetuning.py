@@ -469,7 +469,9 @@ def test_run_strategy_reports_the_table_figures() -> None:
     assert (run.trainable, run.total) == expected
     assert run.history.val_step == [0, 3, 6] and len(run.history.metrics) == 3
     assert 0 < run.seconds_per_epoch and run.cuda_peak_mb is None and run.memory_mb > expected[1] * 4 / 2**20
-    assert 0 <= run.accuracy <= 1 and 0 <= run.macro_f1 <= 1
+    y_true, y_pred = classifier.predict(run.model, batches)  # the scores are those of the model it returns
+    assert run.accuracy == pytest.approx(sk.accuracy_score(y_true, y_pred))
+    assert run.macro_f1 == pytest.approx(sk.f1_score(y_true, y_pred, average="macro"))
     assert run.row()["trainable %"] == pytest.approx(100 * expected[0] / expected[1])
     with pytest.raises(KeyError, match="unknown strategy"):
         strategies.run_strategy("adapters", lambda: None, encoded, batches, batches, config)
@@ -477,6 +479,6 @@ def test_run_strategy_reports_the_table_figures() -> None:
 
 def test_markdown_table() -> None:
     text = plots.markdown_table({"full": {"trainable": 1234567, "accuracy": 0.8512}, "TF-IDF": {"accuracy": 0.6}},
-                                     {"trainable": "{:,}", "accuracy": "{:.3f}"}, index="strategy")
+                                {"trainable": "{:,}", "accuracy": "{:.3f}"}, index="strategy")
     assert text.splitlines() == ["| strategy | trainable | accuracy |", "|---|---|---|",
                                  "| full | 1,234,567 | 0.851 |", "| TF-IDF |  | 0.600 |"]

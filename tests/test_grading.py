@@ -259,7 +259,7 @@ def test_submission_that_kills_the_kernel_keeps_the_marks_earned_before(graded: 
 def test_endless_loop_is_interrupted_and_the_rest_graded(graded: dict[str, GradeResult]) -> None:
     check_scores(graded["endless_loop"], {"test_causal_mask"}, warnings=1)
     assert graded["endless_loop"].warnings == ["cell 13 (test_causal_mask): interrupted at the time limit of 20 s per cell"]
-    assert 20 < graded["endless_loop"].seconds < 60
+    assert 20 < graded["endless_loop"].seconds < 150  # it waited for the limit; generous above, for busy machines
 
 
 def test_file_that_is_not_a_notebook_reports_an_error(graded: dict[str, GradeResult]) -> None:

@@ -353,7 +353,13 @@ def test_mlm_encoder_heads() -> None:
     assert model.mlm_head.weight is model.encoder.token_embedding.weight
     mlm_logits, nsp_logits = model(torch.randint(0, 30, (3, 10)), torch.ones(3, 10, dtype=torch.long))
     assert mlm_logits.shape == (3, 10, 30) and nsp_logits.shape == (3, 2)
-    assert model.num_parameters() == sum(p.numel() for p in set(model.parameters()))
+    # counted by hand, the tied MLM matrix once: embeddings (30 tokens, 10 positions, 2 segments) and a
+    # final norm; one block (attention 4 x (16x16 + 16), two norms, FFN 16 -> 64 -> 16); the MLM head's
+    # transform and its own bias; the NSP head (16x16 + 16, then 16 x 2 + 2)
+    block = 4 * (16 * 16 + 16) + 2 * 32 + (16 * 64 + 64) + (64 * 16 + 16)
+    assert sum(p.numel() for p in model.encoder.blocks[0].parameters()) == block
+    expected = (30 + 10 + 2) * 16 + 32 + block + (16 * 16 + 16 + 32 + 30) + (16 * 16 + 16 + 16 * 2 + 2)
+    assert model.num_parameters() == expected
 
 
 def test_feed_forward_tanh_gelu_option() -> None:

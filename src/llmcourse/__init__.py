@@ -6,7 +6,8 @@ One idea per module, in the order the book reads them:
   ``ngram`` (an n-gram language model), ``device`` (device, dtype, seeds);
 - attention and the Transformer: ``attention`` (scaled dot-product and multi-head attention,
   masks), ``transformer`` (blocks, the GPT and the BERT-style encoder), ``llama`` (a modern
-  decoder: RMSNorm, rotary embeddings, SwiGLU, grouped-query attention);
+  decoder: RMSNorm, rotary embeddings, SwiGLU, grouped-query attention), ``converters``
+  (other libraries' weights in these models);
 - pre-training: ``objectives`` (the losses), ``batches`` (what they read), ``training`` (the one
   training loop, also used for fine-tuning);
 - fine-tuning: ``tasks`` (tasks from the corpus, baselines, their metrics), ``classifier`` (a

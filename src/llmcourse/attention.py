@@ -208,6 +208,21 @@ class MultiHeadAttention(nn.Module):
         batch, _, length, _ = x.shape
         return x.transpose(1, 2).reshape(batch, length, self.d_model)
 
+    @staticmethod
+    def _one_mask(mask: Tensor | None, is_causal: bool, t_q: int, t_k: int, past: int,
+                  device: torch.device) -> tuple[Tensor | None, bool]:
+        """The one mask to apply, and whether PyTorch's ``is_causal`` flag can stand for the causal part.
+
+        The queries are the last ``t_q`` of ``t_k`` positions after ``past`` cached ones. With no
+        cache and no other mask the flag is enough (the fused kernel's fast case); one new query
+        after a cache sees every key, so it needs no causal mask at all.
+        """
+        if not is_causal or (past > 0 and t_q == 1):
+            return mask, False
+        if mask is None and past == 0:
+            return None, True
+        return combine_masks(mask, causal_mask(t_q, t_k, device, offset=past)), False
+
     def forward(
         self,
         query: Tensor,
@@ -240,24 +255,17 @@ class MultiHeadAttention(nn.Module):
             q = self.split_heads(self.w_q(query))  # (B, h, T_q, d_head)
             k = self.split_heads(self.w_k(key))  # (B, h, T_k, d_head)
             v = self.split_heads(self.w_v(value))  # (B, h, T_k, d_head)
+        past = 0
         if cache is not None:
             past = cache.length
             k, v = cache.update(k, v)  # (B, h, past + T_k, d_head)
-            if is_causal and past > 0:
-                is_causal = False
-                if q.shape[-2] > 1:  # one new query sees every key: no mask at all, the fast case
-                    mask = combine_masks(mask, causal_mask(q.shape[-2], k.shape[-2], q.device, offset=past))
+        mask, causal_flag = self._one_mask(mask, is_causal, q.shape[-2], k.shape[-2], past, q.device)
         dropout_p = self.dropout if self.training else 0.0
-        if need_weights:
-            full_mask = mask
-            if is_causal:
-                full_mask = combine_masks(mask, causal_mask(q.shape[-2], k.shape[-2], q.device))
-            out, weights = scaled_dot_product_attention(q, k, v, full_mask, dropout_p)
+        if need_weights:  # the readable path: the weights are computed, so they can be returned
+            if causal_flag:
+                mask = causal_mask(q.shape[-2], k.shape[-2], q.device)
+            out, weights = scaled_dot_product_attention(q, k, v, mask, dropout_p)
             return self.w_o(self.merge_heads(out)), weights
-        if mask is not None:
-            _check_mask(mask, torch.Size((*q.shape[:-1], k.shape[-2])))
-            if is_causal:
-                mask = combine_masks(mask, causal_mask(q.shape[-2], k.shape[-2], q.device))
-                is_causal = False
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal)
+        _check_mask(mask, torch.Size((*q.shape[:-1], k.shape[-2])))
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=causal_flag)
         return self.w_o(self.merge_heads(out))  # (B, T_q, d_model)

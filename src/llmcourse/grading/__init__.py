@@ -9,8 +9,10 @@ functions; see ``llmcourse.cli``. The modules, from the leaf up:
   its limits; ``kernel_wrapper``: the script that starts a kernel inside it;
 - ``executor``: running a notebook's cells in that kernel, with the checks against tampering;
   ``config``: the nbgrader configuration of a grading course; ``course``: such a course;
-- ``autograde``: grading submissions (and its worker processes, ``worker``); ``feedback``: the
-  learners' pages; ``execution``: running a notebook's tests outside grading (``validate``).
+- ``results``: what grading produces (and the CSV); ``submissions``: finding them; ``grader``:
+  grading one; ``resume``: reusing earlier results; ``pool``: worker processes, client and server;
+  ``autograde``: the whole pipeline (``grade``); ``feedback``: the learners' pages;
+  ``execution``: running a notebook's tests outside grading (``validate``).
 
 The names below are loaded on first use, so that importing one module does not import them all.
 """
@@ -21,9 +23,9 @@ import importlib
 from typing import Any
 
 _WHERE = {
-    "GradeResult": "autograde", "SandboxWarning": "autograde", "Submission": "autograde", "TestResult": "autograde",
-    "find_submissions": "autograde", "grade": "autograde", "grade_submission": "autograde",
-    "source_hash": "autograde", "write_csv": "autograde",
+    "SandboxWarning": "autograde", "grade": "autograde", "test_names": "autograde",
+    "GradeResult": "results", "Submission": "results", "TestResult": "results", "write_csv": "results",
+    "find_submissions": "submissions", "grade_submission": "grader", "source_hash": "resume",
     "GradingCourse": "course", "GradingError": "course", "assignment_names": "course",
     "check_unique_answer_ids": "course", "release_assignment": "course",
     "SubmissionError": "notebooks", "comparable": "notebooks", "load_notebook": "notebooks",

@@ -25,7 +25,7 @@ from nbformat import NotebookNode
 from .notebooks import nbgrader_meta
 
 if TYPE_CHECKING:
-    from .autograde import GradeResult, Submission
+    from .results import GradeResult, Submission
     from .course import GradingCourse
 
 HIDDEN_BEGIN = "### BEGIN HIDDEN TESTS"

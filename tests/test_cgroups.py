@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from llmcourse.grading import probe
-from llmcourse.grading.sandbox import CONTROLLERS, _probe_cgroups_v2, _remove_cgroup, unified_cgroup
+from llmcourse.grading.cgroups import CONTROLLERS, _probe_cgroups_v2, remove_cgroup, unified_cgroup
 
 MiB = 2**20
 
@@ -90,4 +90,4 @@ def test_v2_cgroup_kills_a_memory_hog_and_caps_processes(tmp_path: Path) -> None
         assert int(forks.stdout.strip()) < 4
         (cgroup / "cgroup.kill").write_text("1")
     finally:
-        _remove_cgroup(cgroup)
+        remove_cgroup(cgroup)

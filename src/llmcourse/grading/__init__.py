@@ -6,7 +6,8 @@ functions; see ``llmcourse.cli``. The modules, from the leaf up:
 - ``settings``: paths, limits and the nbgrader options every grading path shares (imports nothing
   of the grader: ``nbgrader_config.py`` reads it at every start of JupyterLab);
 - ``notebooks``: reading notebooks and their nbgrader cells; ``sandbox``: the kernel's sandbox and
-  its limits; ``kernel_wrapper``: the script that starts a kernel inside it;
+  its limits, with ``cgroups`` (memory and processes, v1 or v2); ``kernel_wrapper``: the script that
+  starts a kernel inside it;
 - ``executor``: running a notebook's cells in that kernel, with the checks against tampering;
   ``config``: the nbgrader configuration of a grading course; ``course``: such a course;
 - ``results``: what grading produces (and the CSV); ``submissions``: finding them; ``grader``:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
@@ -30,6 +30,7 @@ from llmcourse.attention import KVCache, LayerKVCache, MultiHeadAttention, paddi
 
 __all__ = [
     "FeedForward",
+    "residual",
     "TransformerBlock",
     "DecoderBlock",
     "sinusoidal_positions",
@@ -58,6 +59,11 @@ class FeedForward(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """(B, T, d_model) -> (B, T, d_model); each position is transformed on its own."""
         return self.fc_out(self.dropout(self.gelu(self.fc_in(x))))  # (B, T, d_ff) inside
+
+
+def residual(x: Tensor, sublayer: Callable[[Tensor], Tensor], norm: nn.Module, norm_first: bool) -> Tensor:
+    """One sublayer with its residual connection: pre-norm ``x + f(norm(x))`` or post-norm ``norm(x + f(x))``."""
+    return x + sublayer(norm(x)) if norm_first else norm(x + sublayer(x))
 
 
 class TransformerBlock(nn.Module):
@@ -100,13 +106,8 @@ class TransformerBlock(nn.Module):
         With a ``cache`` (decoding), x holds only the new positions; their keys and values are
         appended to the cache and attention looks at every cached position.
         """
-        if self.norm_first:
-            x = x + self._self_attention(self.norm1(x), mask, is_causal, cache)
-            x = x + self._feed_forward(self.norm2(x))
-        else:
-            x = self.norm1(x + self._self_attention(x, mask, is_causal, cache))
-            x = self.norm2(x + self._feed_forward(x))
-        return x
+        x = residual(x, lambda h: self._self_attention(h, mask, is_causal, cache), self.norm1, self.norm_first)
+        return residual(x, self._feed_forward, self.norm2, self.norm_first)
 
 
 class DecoderBlock(nn.Module):
@@ -145,25 +146,12 @@ class DecoderBlock(nn.Module):
 
         ``mask`` broadcasts to (B, h, T_q, T_q), ``memory_mask`` to (B, h, T_q, T_k); True = may attend.
         """
-        def self_attention(h: Tensor) -> Tensor:
-            return self.dropout(self.self_attn(h, mask=mask, is_causal=is_causal))
-
-        def cross_attention(h: Tensor) -> Tensor:
-            # Queries from the decoder, keys and values from the encoder's output.
-            return self.dropout(self.cross_attn(h, memory, memory, mask=memory_mask))
-
-        def feed_forward(h: Tensor) -> Tensor:
-            return self.dropout(self.ffn(h))
-
-        if self.norm_first:
-            x = x + self_attention(self.norm1(x))
-            x = x + cross_attention(self.norm2(x))
-            x = x + feed_forward(self.norm3(x))
-        else:
-            x = self.norm1(x + self_attention(x))
-            x = self.norm2(x + cross_attention(x))
-            x = self.norm3(x + feed_forward(x))
-        return x
+        x = residual(x, lambda h: self.dropout(self.self_attn(h, mask=mask, is_causal=is_causal)), self.norm1,
+                     self.norm_first)
+        # Cross-attention: queries from the decoder, keys and values from the encoder's output.
+        x = residual(x, lambda h: self.dropout(self.cross_attn(h, memory, memory, mask=memory_mask)), self.norm2,
+                     self.norm_first)
+        return residual(x, lambda h: self.dropout(self.ffn(h)), self.norm3, self.norm_first)
 
 
 def sinusoidal_positions(

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
+from torch import Tensor
 
 from llmcourse.generation import (
     apply_repetition_penalty,
@@ -141,7 +144,7 @@ def test_cached_logits_match_a_full_forward_pass(dtype: torch.dtype) -> None:
         torch.testing.assert_close(last[:, 0], full[:, 11], **tol)
 
 
-def test_large_heads_decode_through_a_transposed_copy_kept_in_step_with_the_weights() -> None:
+def test_large_heads_decode_through_a_transposed_copy_inside_decoding() -> None:
     # GPT-2's vocabulary with a narrow model: 50257 x 32 weights, above the threshold of the
     # decoding path that reads the LM head through a (d, vocab) copy.
     from llmcourse import transformer
@@ -151,23 +154,41 @@ def test_large_heads_decode_through_a_transposed_copy_kept_in_step_with_the_weig
     ids = torch.randint(0, 50257, (3, 9), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         full = model(ids)
-        last = model(ids, last_only=True)
-        assert "_head_t" in model.__dict__, "the transposed path did not run"
+        with model.decoding():
+            assert model._head_t is not None and model._head_t.shape == (32, 50257), "the transposed path is off"
+            last = model(ids, last_only=True)
+        assert model._head_t is None, "the copy outlived its decoding"
         torch.testing.assert_close(last[:, 0], full[:, -1], atol=1e-4, rtol=1e-5)
         assert torch.equal(last.argmax(-1)[:, 0], full[:, -1].argmax(-1))
-        model.token_embedding.weight.mul_(-1.0)  # tied: the head changes in place, the copy must follow
-        torch.testing.assert_close(model(ids, last_only=True)[:, 0], model(ids)[:, -1], atol=1e-4, rtol=1e-5)
-    assert "_head_t" not in model.state_dict()
-    # With gradients on (training), the ordinary layer runs and the gradient reaches the weight.
-    model(ids, last_only=True).sum().backward()
+        model.token_embedding.weight.mul_(-1.0)  # tied: the head changes in place; the next decoding copies anew
+        with model.decoding():
+            torch.testing.assert_close(model(ids, last_only=True)[:, 0], model(ids)[:, -1], atol=1e-4, rtol=1e-5)
+    assert not any("head_t" in name for name in model.state_dict())
+    # With gradients on (training), the ordinary layer runs, even inside decoding(), and the gradient flows.
+    with model.decoding():
+        assert model._head_t is None
+        model(ids, last_only=True).sum().backward()
     assert model.token_embedding.weight.grad is not None
+    # generate and beam_search decode inside it: the same tokens as the uncached loop and the full model.
+    seen: list[bool] = []
+    original = model.forward
+
+    def spy(*args: Any, **kwargs: Any) -> Tensor:
+        seen.append(model._head_t is not None)
+        return original(*args, **kwargs)
+
+    model.forward = spy  # type: ignore[method-assign]
+    cached = generate(model, ids[:1, :4], 6, temperature=0)
+    assert seen and all(seen)
+    model.forward = original  # type: ignore[method-assign]
     uncached = generate(model, ids[:1, :4], 6, temperature=0, use_cache=False)
-    assert torch.equal(generate(model, ids[:1, :4], 6, temperature=0), uncached)
+    assert torch.equal(cached, uncached)
     assert torch.equal(uncached[:, 4:5], model(ids[:1, :4]).argmax(-1)[:, -1:])
-    # A model built under inference_mode has no version counter: it decodes through nn.Linear.
+    # Under inference_mode too (no version counter is needed any more).
     with torch.inference_mode():
         built_there = random_gpt(vocab_size=50257)
-        torch.testing.assert_close(built_there(ids, last_only=True)[:, 0], built_there(ids)[:, -1])
+        with built_there.decoding():
+            torch.testing.assert_close(built_there(ids, last_only=True)[:, 0], built_there(ids)[:, -1])
 
 
 def test_cache_size_reorder_and_errors() -> None:

@@ -28,8 +28,10 @@ on GPT-2 weights loaded into our GPT.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -153,6 +155,23 @@ class _NextTokenScores:
             self.cache.reorder(rows)
 
 
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _in_decoding_mode(decode_loop: _F) -> _F:
+    """Run a decoding loop inside ``model.decoding()`` when the model has one (a fast path it may take).
+
+    The course's GPT reads its output matrix through a transposed copy there (``GPT.decoding``);
+    a decoder without the method decodes as it is.
+    """
+    @functools.wraps(decode_loop)
+    def run(model: Decoder, *args: Any, **kwargs: Any) -> Any:
+        with getattr(model, "decoding", contextlib.nullcontext)():
+            return decode_loop(model, *args, **kwargs)
+
+    return run  # type: ignore[return-value]
+
+
 def _check_prompt(input_ids: Tensor, max_new_tokens: int) -> None:
     if input_ids.dim() != 2 or input_ids.dtype != torch.long:
         raise ValueError(
@@ -178,6 +197,7 @@ def _stop_ids(stop_token_id: int | Sequence[int] | None, device: torch.device) -
 
 
 @torch.no_grad()  # not inference_mode: the ids it returns may feed a model being trained
+@_in_decoding_mode
 def generate(
     model: Decoder,
     input_ids: Tensor,
@@ -264,6 +284,7 @@ class BeamSearchResult(NamedTuple):
 
 
 @torch.no_grad()  # not inference_mode: the ids it returns may feed a model being trained
+@_in_decoding_mode
 def beam_search(
     model: Decoder,
     input_ids: Tensor,

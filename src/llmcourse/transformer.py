@@ -15,9 +15,10 @@ copy across one tensor at a time (see ``tests/test_transformer.py``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
@@ -294,6 +295,7 @@ class GPT(_Checkpointable):
             # Weight tying (Press & Wolf, 2017): one matrix maps ids to vectors and vectors to scores.
             self.lm_head.weight = self.token_embedding.weight
         _init_weights(self, self.blocks)
+        self._head_t: Tensor | None = None  # set inside decoding(): not a parameter, not in the state dict
 
     def forward(self, input_ids: Tensor, cache: KVCache | None = None, last_only: bool = False) -> Tensor:
         """(B, T) token ids -> (B, T, vocab_size) logits; position t sees tokens 0..t only.
@@ -316,33 +318,31 @@ class GPT(_Checkpointable):
                 x = block(x, is_causal=True, cache=layer_cache)
         if last_only:
             x = x[:, -1:]  # (B, 1, d)
-            if self._use_transposed_head(x):
-                return self.norm(x) @ self._transposed_head_weight()  # (B, 1, vocab_size)
+            if self._head_t is not None and not torch.is_grad_enabled():
+                return self.norm(x) @ self._head_t  # (B, 1, vocab_size), the fast path of decoding()
         return self.lm_head(self.norm(x))  # (B, T, vocab_size)
 
-    def _use_transposed_head(self, x: Tensor) -> bool:
-        # Decoding on a CPU scores one position per row against the whole vocabulary: a
-        # matrix-vector product whose weight (vocab, d) no longer fits in the cache. BLAS reads
-        # the (vocab, d) layout of nn.Linear ~3x slower there than a (d, vocab) copy (GPT-2's
-        # vocabulary, d 384, one thread: 11 ms vs 3.8 ms, benchmarks/README.md), and this
-        # product was most of the time per token. Small heads (the course's own models) and
-        # training keep nn.Linear.
-        head = self.lm_head
-        return (
-            not torch.is_grad_enabled() and x.device.type == "cpu" and head.weight.numel() >= _TRANSPOSED_HEAD_MIN
-            and type(head) is nn.Linear and head.bias is None and not head._forward_hooks and not head._forward_pre_hooks
-            and not head.weight.is_inference()  # made under torch.inference_mode: no version counter to key the copy on
-        )
+    @contextlib.contextmanager
+    def decoding(self) -> Iterator[None]:
+        """While decoding without gradients on a CPU, score the last position through a (d, vocab) copy of the head.
 
-    def _transposed_head_weight(self) -> Tensor:
-        """A (d_model, vocab_size) contiguous copy of the LM head's weight, remade whenever the weight changes."""
-        weight = self.lm_head.weight
-        key = (weight.data_ptr(), weight._version, weight.dtype, weight.shape)
-        cached = self.__dict__.get("_head_t")
-        if cached is None or cached[0] != key:
-            cached = (key, weight.detach().t().contiguous())
-            self.__dict__["_head_t"] = cached  # a plain attribute: not a parameter, not in the state dict
-        return cached[1]
+        Decoding scores one position per row against the whole vocabulary: a matrix-vector product
+        whose (vocab, d) weight no longer fits in the cache. BLAS reads ``nn.Linear``'s (vocab, d)
+        layout about 3x slower there than a (d, vocab) copy (GPT-2's vocabulary, d 384, one thread:
+        11 ms vs 3.8 ms, benchmarks/README.md), and this product was most of the time per token.
+        ``llmcourse.generation`` decodes inside this context; the copy is made on entering it and
+        dropped on leaving, so the weights must not change in between (decoding does not change
+        them). Small heads (the course's own models), other devices and wrapped heads keep ``nn.Linear``.
+        """
+        head = self.lm_head
+        fast = (not torch.is_grad_enabled() and head.weight.device.type == "cpu" and type(head) is nn.Linear
+                and head.bias is None and head.weight.numel() >= _TRANSPOSED_HEAD_MIN)
+        previous = self._head_t
+        self._head_t = head.weight.detach().t().contiguous() if fast else None
+        try:
+            yield
+        finally:
+            self._head_t = previous
 
     def new_cache(self, batch_size: int, max_length: int | None = None) -> KVCache:
         """An empty key/value cache for ``batch_size`` sequences of up to ``max_length`` (default block_size) tokens."""

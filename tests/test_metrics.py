@@ -157,6 +157,115 @@ def test_perplexity_of_nothing_is_an_error() -> None:
         metrics.perplexity_from_logits(torch.zeros(4, 5), torch.full((4,), -100))
 
 
+# --------------------------------------------------------------------------------------------
+# Bits per character, and scoring a long text in windows
+# --------------------------------------------------------------------------------------------
+
+
+class LastTokens(torch.nn.Module):
+    """A causal toy LM whose logits at position t depend on tokens t - k + 1 .. t only, wherever t is."""
+
+    def __init__(self, vocab_size: int, k: int) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.k = k
+        self.embedding = torch.nn.Embedding(vocab_size, 8)
+        self.conv = torch.nn.Conv1d(8, vocab_size, kernel_size=k)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:  # (B, T) -> (B, T, V)
+        x = self.embedding(ids).transpose(1, 2)  # (B, 8, T)
+        return self.conv(F.pad(x, (self.k - 1, 0))).transpose(1, 2)  # left padding: causal
+
+
+def tiny_gpt(vocab_size: int = 23, block_size: int = 32) -> torch.nn.Module:
+    from llmcourse.transformer import GPT, GPTConfig
+
+    torch.manual_seed(0)
+    return GPT(GPTConfig(vocab_size=vocab_size, block_size=block_size, n_layers=2, n_heads=2, d_model=16)).eval()
+
+
+def test_uniform_model_scores_log2_of_its_alphabet() -> None:
+    ids = torch.randint(0, 27, (300,), generator=torch.Generator().manual_seed(0)).tolist()
+
+    def uniform(x: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(*x.shape, 27)  # (1, T, 27): every character has probability 1/27
+
+    score = metrics.causal_lm_nll(uniform, ids, context=[0], window=64)
+    assert score.n_tokens == 300
+    assert metrics.bits_per_character(score.nll, len(ids)) == pytest.approx(math.log2(27), rel=1e-6)
+    assert metrics.bits_per_character(300 * math.log(27), 300) == pytest.approx(math.log2(27), rel=1e-15)
+
+
+def test_character_model_bits_per_character_is_its_loss_over_ln2() -> None:
+    gpt = tiny_gpt()
+    ids = torch.randint(0, 23, (1, 21), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        loss = F.cross_entropy(gpt(ids)[0, :-1].double(), ids[0, 1:]).item()  # mean over 20 predicted characters
+    score = metrics.causal_lm_nll(gpt, ids[0, 1:].tolist(), context=ids[0, :1].tolist(), window=32)
+    assert score.n_tokens == 20 and score.mean_nll == pytest.approx(loss, rel=1e-5)
+    assert metrics.bits_per_character(score.nll, 20) == pytest.approx(loss / math.log(2), rel=1e-5)
+
+
+@pytest.mark.parametrize("stride", [1, 7, 31])
+def test_windows_equal_one_pass_when_the_text_fits(stride: int) -> None:
+    gpt = tiny_gpt()
+    ids = torch.randint(0, 23, (32,), generator=torch.Generator().manual_seed(2)).tolist()
+    one_pass = metrics.causal_lm_nll(gpt, ids[1:], context=ids[:1], window=32, stride=stride)
+    with torch.no_grad():
+        reference = F.cross_entropy(gpt(torch.tensor([ids]))[0, :-1], torch.tensor(ids[1:]), reduction="sum").item()
+    assert one_pass.n_tokens == 31 and one_pass.nll == pytest.approx(reference, rel=1e-5)
+
+
+@pytest.mark.parametrize(("window", "stride", "n_context"), [(8, 5, 1), (8, 4, 1), (8, 1, 0), (16, 13, 1), (8, 5, 20)])
+def test_windows_give_every_token_its_context(window: int, stride: int, n_context: int) -> None:
+    # A model that looks k = 3 tokens back gives the same predictions in windows as in one pass,
+    # as long as every window leaves window - stride >= k tokens of context to the first token it scores.
+    model = LastTokens(vocab_size=11, k=3)
+    tokens = torch.randint(0, 11, (70,), generator=torch.Generator().manual_seed(3)).tolist()
+    context, ids = tokens[:n_context], tokens[n_context:]
+    with torch.no_grad():
+        logits = model(torch.tensor([tokens]))[0, :-1]  # row t predicts token t + 1
+    first = max(n_context, 1)
+    reference = F.cross_entropy(logits[first - 1 :], torch.tensor(tokens[first:]), reduction="sum").item()
+    score = metrics.causal_lm_nll(model, ids, context=context, window=window, stride=stride)
+    assert score.n_tokens == len(tokens) - first == len(ids) - (n_context == 0)
+    assert score.nll == pytest.approx(reference, rel=1e-5)
+    # One token too few of context after each window's start: the predictions change.
+    short = metrics.causal_lm_nll(model, ids, context=context, window=window, stride=window - 2)
+    assert short.n_tokens == score.n_tokens and short.nll != pytest.approx(reference, rel=1e-5)
+
+
+def test_windowed_scoring_of_a_hugging_face_causal_lm_matches_its_loss() -> None:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=97, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, intermediate_size=48, max_position_embeddings=64)
+    model = LlamaForCausalLM(config).eval()
+    ids = torch.randint(0, 97, (1, 40), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        loss = model(ids, labels=ids).loss.item()  # the model shifts the labels itself: 39 predictions
+        labels = ids.clone()
+        labels[0, :5] = -100  # the first five tokens as context, not scored
+        loss_after_context = model(ids, labels=labels).loss.item()  # 35 predictions
+    score = metrics.causal_lm_nll(model, ids[0].tolist(), window=64)  # no context: the first token is not scored
+    assert score.n_tokens == 39 and score.nll == pytest.approx(loss * 39, rel=1e-5)
+    score = metrics.causal_lm_nll(model, ids[0, 5:].tolist(), context=ids[0, :5].tolist(), window=64, stride=9)
+    assert score.n_tokens == 35 and score.nll == pytest.approx(loss_after_context * 35, rel=1e-5)
+
+
+def test_bits_per_character_argument_errors() -> None:
+    with pytest.raises(ValueError, match="characters"):
+        metrics.bits_per_character(1.0, 0)
+    model = LastTokens(vocab_size=5, k=2)
+    with pytest.raises(ValueError, match="stride"):
+        metrics.causal_lm_nll(model, [1, 2, 3], window=4, stride=4)
+    with pytest.raises(ValueError, match="no token"):
+        metrics.causal_lm_nll(model, [1], window=4)
+    with pytest.raises(ValueError, match="no token"):
+        metrics.causal_lm_nll(model, [], context=[1], window=4)
+
+
 def test_distinct_n_by_hand() -> None:
     words = ["the cat sat on the mat".split(), "the cat ran".split()]
     # unigrams: the cat sat on the mat the cat ran -> 9, of which the, cat, sat, on, mat, ran differ: 6

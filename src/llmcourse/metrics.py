@@ -6,7 +6,10 @@ that on tricky and random inputs. Every metric has a way to mislead, and chapter
 
 * **Perplexity** ``exp(mean negative log-likelihood)`` (natural log) is the number of equally
   likely tokens the model is, on average, choosing between. It depends on the tokenizer: two
-  models are comparable only on the same tokens of the same text.
+  models are comparable only on the same tokens of the same text. **Bits per character**, the
+  text's whole negative log-likelihood in bits divided by its number of characters, does not:
+  it compares models with any tokenizers, provided each gives a probability to exactly the
+  same string (``causal_lm_nll`` scores a long text in overlapping windows).
 * **BLEU** is a geometric mean of clipped n-gram *precisions* (n = 1..4) times a brevity
   penalty. Precision alone rewards saying little: a two-word hypothesis whose two words are in
   the reference has perfect precisions. The *brevity penalty* ``exp(1 - r / c)`` (hypothesis
@@ -38,13 +41,17 @@ from collections import Counter
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
+import torch.nn.functional as F
 
 __all__ = [
     "perplexity",
     "perplexity_from_logits",
+    "bits_per_character",
+    "TextScore",
+    "causal_lm_nll",
     "distinct_n",
     "tokenize_13a",
     "brevity_penalty",
@@ -85,6 +92,71 @@ def perplexity_from_logits(logits: torch.Tensor, targets: torch.Tensor, ignore_i
     log_probs = torch.log_softmax(logits[kept], dim=-1)  # (K, V)
     target_log_probs = log_probs.gather(1, targets[kept].unsqueeze(1))  # (K, 1)
     return perplexity(-target_log_probs.mean().item())
+
+
+def bits_per_character(nll: float, n_characters: int) -> float:
+    """Bits per character of a text from its summed negative log-likelihood ``nll`` in nats: ``nll / (n ln 2)``.
+
+    ``nll`` must be the cost of the whole text (every token predicted, the first one included),
+    whatever the tokens are; then models with different tokenizers compare on the same scale.
+    """
+    if n_characters < 1:
+        raise ValueError(f"a text of {n_characters} characters has no bits per character")
+    return nll / (n_characters * math.log(2))
+
+
+class TextScore(NamedTuple):
+    """What a language model thinks of a text: the summed loss of the tokens it predicted, and how many."""
+
+    nll: float  # summed negative log-likelihood, in nats
+    n_tokens: int  # predicted (scored) tokens
+
+    @property
+    def mean_nll(self) -> float:
+        """Mean negative log-likelihood per predicted token, in nats (its exp is the perplexity)."""
+        return self.nll / self.n_tokens
+
+
+def causal_lm_nll(
+    model: Callable[[torch.Tensor], Any],
+    ids: Sequence[int],
+    context: Sequence[int] = (),
+    window: int = 512,
+    stride: int | None = None,
+) -> TextScore:
+    """Summed negative log-likelihood of the tokens ``ids`` under a causal language model, in overlapping windows.
+
+    ``model`` maps (1, T) token ids to (1, T, V) logits, or to an output with a ``.logits``
+    field (a Hugging Face causal LM). ``context`` is what comes before the text (a BOS token, a
+    prompt): it conditions the predictions and is not scored. Every token of ``ids`` is then
+    predicted; with no ``context`` nothing can predict the first one, so it is skipped and
+    ``n_tokens`` is ``len(ids) - 1``. A text longer than ``window`` tokens is read in windows of
+    ``window`` tokens, each ``stride`` tokens (default ``window // 2``) after the one before, and
+    each window scores only the tokens no earlier window scored: after the first window every
+    token is predicted from at least ``window - stride`` tokens before it.
+    """
+    stride = window // 2 if stride is None else stride
+    if not 1 <= stride < window:
+        raise ValueError(f"need 1 <= stride < window, got stride {stride} and window {window}")
+    tokens = torch.tensor([*context, *ids], dtype=torch.long)
+    first = max(len(context), 1)  # position of the first token that has something before it
+    if first >= len(tokens):
+        raise ValueError("no token to score: the text is empty, or has one token and no context")
+    parameter = next(model.parameters(), None) if isinstance(model, torch.nn.Module) else None
+    if parameter is not None:  # the ids go where the weights are (a GPU, if the model is on one)
+        tokens = tokens.to(parameter.device)
+    # The first window is as long as allowed; a context longer than it is cut to window - stride tokens.
+    nll, scored, end = 0.0, first, min(max(window, first + stride), len(tokens))
+    with torch.no_grad():
+        while True:
+            begin = max(0, end - window)
+            output = model(tokens[begin:end].unsqueeze(0))
+            logits = getattr(output, "logits", output)[0]  # (end - begin, V); row i predicts token begin + i + 1
+            targets = tokens[scored:end]  # the tokens this window scores, each predicted by the row before it
+            nll += F.cross_entropy(logits[scored - 1 - begin : end - 1 - begin].float(), targets, reduction="sum").item()
+            if end == len(tokens):
+                return TextScore(nll, len(tokens) - first)
+            scored, end = end, min(end + stride, len(tokens))
 
 
 def distinct_n(texts: Sequence[Sequence[Hashable]], n: int) -> float:

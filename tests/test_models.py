@@ -174,7 +174,8 @@ def test_models_used_by_reads_the_notebooks(tmp_path) -> None:
     assert models.models_used_by([tmp_path]) == ["shakespeare-mlm"]  # unknown names are left to the notebook's error
     assert models.models_used_by([tmp_path / "b.ipynb", tmp_path / "missing"]) == []
     root = Path(__file__).resolve().parents[1]
-    assert models.models_used_by([root / "chapters"]) == ["shakespeare-char-gpt", "shakespeare-mlm", models.SMOLLM2]
+    assert models.models_used_by([root / "chapters"]) == ["shakespeare-bpe-gpt", "shakespeare-char-gpt", "shakespeare-mlm",
+                                                          models.SMOLLM2]  # the BPE GPT: chapter 5's bits per character
     (tmp_path / "test_real.py").write_text("model, tokenizer = load_smollm2()\n")
     (tmp_path / ".ipynb_checkpoints").mkdir()
     (tmp_path / ".ipynb_checkpoints" / "old.py").write_text('load_course_model("shakespeare-char-gpt")\n')

@@ -102,36 +102,6 @@ class _Worker:
         return status
 
 
-def _grade_in_workers(submissions: list[Submission], todo: list[int], options: dict[str, Any], jobs: int,
-                      timeout: float, on_result: Any) -> None:
-    tasks: queue.Queue[int] = queue.Queue()
-    for i in todo:
-        tasks.put(i)
-    failure: list[BaseException] = []
-
-    def run() -> None:
-        worker = _Worker(options)
-        try:
-            while not failure:
-                try:
-                    i = tasks.get_nowait()
-                except queue.Empty:
-                    return
-                on_result(i, worker.grade(i, submissions[i], timeout))
-        except BaseException as error:  # noqa: BLE001 - a worker that cannot start stops the run
-            failure.append(error)
-        finally:
-            worker.stop()
-
-    threads = [threading.Thread(target=run, daemon=True) for _ in range(jobs)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    if failure:
-        raise failure[0] if isinstance(failure[0], GradingError) else GradingError(str(failure[0]))
-
-
 def grade_in_workers(submissions: list[Submission], todo: list[int], options: dict[str, Any], jobs: int,
                      timeout: float, on_result: Callable[[int, GradeResult], None]) -> None:
     """Grade ``submissions[i]`` for each ``i`` in ``todo`` in ``jobs`` workers; ``on_result(i, result)`` as each ends."""

@@ -15,7 +15,8 @@ explicitly.)
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -32,6 +33,7 @@ __all__ = [
     "apply_lora",
     "merge_lora",
     "unmerge_lora",
+    "lora_disabled",
 ]
 
 
@@ -175,6 +177,7 @@ class LoRALinear(nn.Module):
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # as nn.Linear initialises its weight (and PEFT, A)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.merged = False
+        self.disabled = False  # True inside ``lora_disabled``: the layer is its base layer again
 
     def delta_weight(self) -> Tensor:
         """The update ``(alpha / r) B A``, shaped like the base weight (out, in)."""
@@ -182,7 +185,7 @@ class LoRALinear(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.base(x)  # (..., out)
-        if self.merged:
+        if self.merged or self.disabled:
             return out
         update = self.dropout(x).to(self.lora_A.dtype) @ self.lora_A.T @ self.lora_B.T  # (..., r) then (..., out)
         return out + (update * self.scaling).to(out.dtype)
@@ -239,3 +242,25 @@ def unmerge_lora(model: nn.Module) -> nn.Module:
     for layer in _lora_layers(model):
         layer.unmerge()
     return model
+
+
+@contextmanager
+def lora_disabled(model: nn.Module) -> Iterator[nn.Module]:
+    """Run ``model`` without its LoRA updates: the frozen base model, with no copy of its weights.
+
+    This is how DPO gets its reference model for free (PEFT's ``disable_adapter()`` does the same).
+    Merged layers cannot be switched off: call ``unmerge_lora`` first.
+    """
+    layers = _lora_layers(model)
+    if not layers:
+        raise ValueError("the model has no LoRA layers to disable: call apply_lora first")
+    if any(layer.merged for layer in layers):
+        raise ValueError("some LoRA updates are merged into their base weights: call unmerge_lora(model) first")
+    before = [layer.disabled for layer in layers]
+    for layer in layers:
+        layer.disabled = True
+    try:
+        yield model
+    finally:
+        for layer, was in zip(layers, before):
+            layer.disabled = was

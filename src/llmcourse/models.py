@@ -40,6 +40,7 @@ __all__ = [
     "SMOLLM2",
     "smollm2_gguf_path",
     "load_smollm2",
+    "load_smollm2_tokenizer",
     "CourseModel",
     "TokenCorpus",
     "CharCorpus",
@@ -154,6 +155,16 @@ def load_smollm2(dtype: Any = None, progress: bool = True) -> tuple[Any, Any]:
     if dtype is not None:
         model = model.to(dtype)
     return model, AutoTokenizer.from_pretrained(folder, local_files_only=True)
+
+
+def load_smollm2_tokenizer() -> Any:
+    """SmolLM2-135M-Instruct's tokenizer alone (converting the model once first, as ``load_smollm2`` does)."""
+    with course_model_lock(SMOLLM2):
+        folder = _smollm2_folder(progress=False)
+    _offline()
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(folder, local_files_only=True)
 
 
 def _smollm2_folder(progress: bool) -> Path:
@@ -396,12 +407,36 @@ MLM_ENCODER: dict[str, Any] = {
     "training": {"max_steps": 800, "warmup_steps": 50, "learning_rate": 2e-3, "eval_every": 100},
 }
 
+def _save_small_model(result: CourseModel, folder: Path) -> dict[str, Any]:
+    result.model.save_pretrained(folder)
+    return {"tokenizer": result.tokenizer.to_dict()}
+
+
+def _load_small_model(folder: Path, saved: dict[str, Any]) -> CourseModel:
+    from llmcourse import transformer
+    from llmcourse.tokenization import tokenizer_from_dict
+    from llmcourse.training import History
+
+    model_class = getattr(transformer, json.loads((folder / "config.json").read_text())["model"])
+    model = model_class.from_pretrained(folder).eval()
+    return CourseModel(model, tokenizer_from_dict(saved["tokenizer"]), History(**saved["history"]), saved["info"])
+
+
+def _post_training() -> Any:
+    from llmcourse import post_training
+
+    return post_training
+
+
 class _Recipe(NamedTuple):
-    """How a course model is made: the function that trains it, what it is, and its recipe's version."""
+    """How a course model is made and kept: the function that trains it, what it is, its recipe's version,
+    and how it is written to its cache folder and read back."""
 
     build: Callable[[bool], CourseModel]  # build(progress) -> the trained model
     description: str
     version: int  # bump it when the recipe changes, so that stale caches are retrained (and only those)
+    save: Callable[[CourseModel, Path], dict[str, Any]] = _save_small_model  # returns what course_model.json adds
+    load: Callable[[Path, dict[str, Any]], CourseModel] = _load_small_model
 
 
 _RECIPES: dict[str, _Recipe] = {
@@ -410,6 +445,18 @@ _RECIPES: dict[str, _Recipe] = {
                                "31 plays", 2),
     "shakespeare-bpe-gpt": _Recipe(_bpe_gpt, "a GPT on byte-pair tokens (768, learned on the same plays) trained on "
                                    "31 plays", 1),
+    # SmolLM2-135M-Instruct post-trained with LoRA: only the adapters are cached (llmcourse.post_training).
+    "smollm2-sft-word-order": _Recipe(
+        lambda progress: _post_training().build_sft_word_order(progress),
+        "SmolLM2-135M-Instruct instruction-tuned with LoRA to tell a line in Shakespeare's word order from a "
+        "shuffled one", 1,
+        lambda result, folder: _post_training().save_adapter(result, folder),
+        lambda folder, saved: _post_training().load_adapter(folder, saved)),
+    "smollm2-dpo-next-line": _Recipe(
+        lambda progress: _post_training().build_dpo_next_line(progress),
+        "SmolLM2-135M-Instruct preference-tuned with DPO and LoRA to prefer a line's real successor", 1,
+        lambda result, folder: _post_training().save_adapter(result, folder),
+        lambda folder, saved: _post_training().load_adapter(folder, saved)),
 }
 
 
@@ -487,30 +534,23 @@ def load_course_model(name: str, progress: bool = True, retrain: bool = False) -
 
 
 def _load_or_train(name: str, progress: bool, retrain: bool) -> CourseModel:
-    from llmcourse import transformer
-    from llmcourse.tokenization import tokenizer_from_dict
-    from llmcourse.training import History
-
     folder = cache_dir() / name
     done = folder / "course_model.json"
-    if not retrain and done.is_file() and json.loads(done.read_text()).get("version") == _RECIPES[name].version:
-        saved = json.loads(done.read_text())
-        model_class = getattr(transformer, json.loads((folder / "config.json").read_text())["model"])
-        model = model_class.from_pretrained(folder).eval()
-        return CourseModel(model, tokenizer_from_dict(saved["tokenizer"]), History(**saved["history"]), saved["info"])
+    recipe = _RECIPES[name]
+    if not retrain and done.is_file() and json.loads(done.read_text()).get("version") == recipe.version:
+        return recipe.load(folder, json.loads(done.read_text()))
 
-    build, description, version = _RECIPES[name]
-    print(f"Training the course model {name!r} ({description}) once, on the CPU; "
-          f"this takes a few minutes. It will be cached in {folder}.", file=sys.stderr)
+    print(f"Training the course model {name!r} ({recipe.description}) once; "
+          f"this takes a few minutes on a CPU. It will be cached in {folder}.", file=sys.stderr)
     start = time.perf_counter()
-    result = build(progress)
+    result = recipe.build(progress)
     result.info["train_seconds"] = round(time.perf_counter() - start, 1)
     staging = folder.with_name(folder.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
-    result.model.save_pretrained(staging)
+    staging.mkdir(parents=True)
+    extra = recipe.save(result, staging)
     (staging / "course_model.json").write_text(json.dumps({
-        "version": version, "tokenizer": result.tokenizer.to_dict(),
-        "history": result.history.to_dict(), "info": result.info,
+        "version": recipe.version, "history": result.history.to_dict(), "info": result.info, **extra,
     }))
     shutil.rmtree(folder, ignore_errors=True)
     staging.rename(folder)  # all or nothing: an interrupted run leaves no half-written cache

@@ -554,3 +554,20 @@ def test_classification_argument_errors() -> None:
         metrics.accuracy([0, 1], [0])
     with pytest.raises(ValueError, match="average"):
         metrics.precision_recall_f1([0, 1], [0, 1], average="samples")
+
+
+@pytest.mark.parametrize("successes, n", [(0, 10), (3, 10), (168, 200), (200, 200), (1, 1)])
+@pytest.mark.parametrize("confidence", [0.9, 0.95])
+def test_wilson_interval_matches_scipy(successes: int, n: int, confidence: float) -> None:
+    from scipy.stats import binomtest
+
+    expected = binomtest(successes, n).proportion_ci(confidence_level=confidence, method="wilson")
+    low, high = metrics.wilson_interval(successes, n, confidence)
+    assert low == pytest.approx(expected.low, abs=1e-12) and high == pytest.approx(expected.high, abs=1e-12)
+    assert 0 <= low <= successes / n <= high <= 1
+
+
+def test_wilson_interval_rejects_impossible_counts() -> None:
+    for successes, n in ((5, 4), (-1, 4), (0, 0)):
+        with pytest.raises(ValueError, match="successes"):
+            metrics.wilson_interval(successes, n)

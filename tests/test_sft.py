@@ -182,10 +182,11 @@ def test_sft_loss_and_trainable_parameters_match_trl_sft_trainer(tokenizer, tmp_
 
 def test_answer_logprobs_score_each_answer_as_the_assistant_turn(tokenizer) -> None:
     model = LlamaDecoder.from_transformers(tiny_llama(len(tokenizer), seed=1))
-    questions = [[{"role": "user", "content": "Original or shuffled?"}], [{"role": "user", "content": "And this?"}]]
+    questions = [[{"role": "user", "content": "Original or shuffled?"}], [{"role": "user", "content": "And this?"}],
+                 [{"role": "user", "content": "Shuffled or original?"}]]  # as long as the first: batched with it
     answers = ["original", "shuffled words"]
     logprobs, lengths = sft.answer_logprobs(model, tokenizer, questions, answers, batch_size=3)
-    assert logprobs.shape == lengths.shape == (2, 2)
+    assert logprobs.shape == lengths.shape == (3, 2)
     for q, question in enumerate(questions):
         for a, answer in enumerate(answers):
             tokens = chat.chat_tokens(tokenizer, [*question, {"role": "assistant", "content": answer}])

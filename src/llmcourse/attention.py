@@ -164,6 +164,13 @@ class KVCache:
         """Bytes held by the key and value buffers."""
         return sum(layer.keys.nbytes + layer.values.nbytes for layer in self.layers)
 
+    def truncate(self, length: int) -> None:
+        """Forget every position from ``length`` on (the next update writes over them): rewind to a shared prefix."""
+        if not 0 <= length <= self.length:
+            raise ValueError(f"can only rewind to 0..{self.length} positions, not {length}")
+        for layer in self.layers:
+            layer.length = length
+
     def reorder(self, indices: Tensor) -> None:
         """Keep batch rows ``indices`` (B_new,), in that order: beam search follows its surviving beams."""
         for layer in self.layers:

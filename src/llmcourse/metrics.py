@@ -41,6 +41,7 @@ from collections import Counter
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from statistics import NormalDist
 from typing import Any, NamedTuple
 
 import torch
@@ -64,6 +65,7 @@ __all__ = [
     "rouge_n",
     "rouge_l",
     "accuracy",
+    "wilson_interval",
     "precision_recall_f1",
     "confusion_matrix",
 ]
@@ -446,6 +448,26 @@ def accuracy(y_true: Sequence[Label], y_pred: Sequence[Label]) -> float:
     """Fraction of predictions equal to the true label."""
     _check_lengths(y_true, y_pred)
     return sum(t == p for t, p in zip(y_true, y_pred)) / len(y_true)
+
+
+def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson's score interval for a proportion (an accuracy measured on ``n`` examples).
+
+    Better than ``p +- z sqrt(p(1-p)/n)`` near 0 and 1 and for small ``n``, where that one leaves
+    [0, 1] or shrinks to nothing. Equal to SciPy's ``binomtest(...).proportion_ci(method="wilson")``.
+    """
+    if n <= 0 or not 0 <= successes <= n:
+        raise ValueError(f"need 0 <= successes <= n and n > 0, got successes={successes}, n={n}")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be between 0 and 1, got {confidence}")
+    z = NormalDist().inv_cdf(0.5 + confidence / 2)
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    # At 0 or n successes the bound is exactly 0 or 1; rounding would leave a hair's breadth.
+    low = 0.0 if successes == 0 else max(0.0, centre - half)
+    high = 1.0 if successes == n else min(1.0, centre + half)
+    return low, high
 
 
 def _divide(numerator: float, denominator: float, zero_division: float) -> float:

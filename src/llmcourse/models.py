@@ -439,6 +439,13 @@ class _Recipe(NamedTuple):
     load: Callable[[Path, dict[str, Any]], CourseModel] = _load_small_model
 
 
+def _adapter_recipe(build: str, options: dict[str, Any], description: str, version: int) -> _Recipe:
+    """A LoRA adapter on SmolLM2, made by ``llmcourse.post_training.<build>(progress, **options)``."""
+    return _Recipe(lambda progress: getattr(_post_training(), build)(progress, **options), description, version,
+                   lambda result, folder: _post_training().save_adapter(result, folder),
+                   lambda folder, saved: _post_training().load_adapter(folder, saved))
+
+
 _RECIPES: dict[str, _Recipe] = {
     "shakespeare-char-gpt": _Recipe(_char_gpt, "a character-level GPT (0.8M parameters) trained on 31 plays", 1),
     "shakespeare-mlm": _Recipe(_mlm_encoder, "a word-level BERT-style encoder (MLM + NSP) trained on line pairs of "
@@ -446,17 +453,15 @@ _RECIPES: dict[str, _Recipe] = {
     "shakespeare-bpe-gpt": _Recipe(_bpe_gpt, "a GPT on byte-pair tokens (768, learned on the same plays) trained on "
                                    "31 plays", 1),
     # SmolLM2-135M-Instruct post-trained with LoRA: only the adapters are cached (llmcourse.post_training).
-    "smollm2-sft-word-order": _Recipe(
-        lambda progress: _post_training().build_sft_word_order(progress),
-        "SmolLM2-135M-Instruct instruction-tuned with LoRA to tell a line in Shakespeare's word order from a "
-        "shuffled one", 1,
-        lambda result, folder: _post_training().save_adapter(result, folder),
-        lambda folder, saved: _post_training().load_adapter(folder, saved)),
-    "smollm2-dpo-next-line": _Recipe(
-        lambda progress: _post_training().build_dpo_next_line(progress),
-        "SmolLM2-135M-Instruct preference-tuned with DPO and LoRA to prefer a line's real successor", 1,
-        lambda result, folder: _post_training().save_adapter(result, folder),
-        lambda folder, saved: _post_training().load_adapter(folder, saved)),
+    "smollm2-sft-word-order": _adapter_recipe(
+        "build_sft_word_order", {}, "SmolLM2-135M-Instruct instruction-tuned with LoRA to tell a line in Shakespeare's "
+        "word order from a shuffled one", 1),
+    "smollm2-sft-prompt-in-loss": _adapter_recipe(
+        "build_sft_word_order", {"train_on_prompt": True}, "the same instruction tuning with the loss on the prompt's "
+        "tokens too (a mistake, for comparison)", 1),
+    "smollm2-dpo-next-line": _adapter_recipe(
+        "build_dpo_next_line", {}, "SmolLM2-135M-Instruct preference-tuned with DPO and LoRA to prefer a line's real "
+        "successor", 1),
 }
 
 

@@ -7,6 +7,7 @@ model (``models.load_course_model``) holding only its adapter:
   its original word order, or are its words shuffled? The lines of chapter 4's word-order task
   (held-out plays for the test). Zero-shot, SmolLM2 answers at chance: the knowledge is in the
   model (a shuffled line is far less likely under it), the habit of answering is not.
+- ``smollm2-sft-prompt-in-loss``: the same run with the loss on every token, prompt included.
 - ``smollm2-dpo-next-line`` (preference tuning, ``llmcourse.dpo``): given a line, which line
   follows it? The chosen answer is the line that really comes next in the same speech; the
   rejected one is a line from another play.
@@ -86,25 +87,34 @@ def word_order_accuracy(model: torch.nn.Module, tokenizer: Any, examples: Sequen
 
 
 def next_line_pairs(plays: Sequence[data.Play], n: int, seed: int = 0, min_words: int = 5) -> list[PreferencePair]:
-    """``n`` preference pairs: a line, the line after it in the same speech (chosen), a line of another play (rejected)."""
+    """``n`` preference pairs: a line; the line after it in the same speech (chosen); a line of another play
+    with as many words (rejected), so that length alone gives nothing away."""
     rng = random.Random(seed)
-    consecutive, pool = [], []
+    consecutive: list[tuple[str, str, str]] = []
+    by_words: dict[int, list[tuple[str, str]]] = {}
     for play in plays:
         for speech in data.speeches(play):
-            long_enough = [line for line in speech.lines if len(line.split()) >= min_words]
-            pool += [(line, play.slug) for line in long_enough]
+            for line in speech.lines:
+                if len(line.split()) >= min_words:
+                    by_words.setdefault(len(line.split()), []).append((line, play.slug))
             consecutive += [(a, b, play.slug) for a, b in zip(speech.lines, speech.lines[1:])
                             if len(a.split()) >= min_words and len(b.split()) >= min_words]
-    if len({slug for _, slug in pool}) < 2:
-        raise ValueError("next_line_pairs needs lines from at least two plays (the rejected line comes from another)")
+    plays_of_length = {words: {slug for _, slug in lines} for words, lines in by_words.items()}
     rng.shuffle(consecutive)
     pairs = []
-    for line, following, slug in consecutive[:n]:
-        rejected, other = rng.choice(pool)
-        while other == slug:
-            rejected, other = rng.choice(pool)
+    for line, following, slug in consecutive:
+        same_length = by_words[len(following.split())]
+        if plays_of_length[len(following.split())] == {slug}:
+            continue
+        rejected, other = rng.choice(same_length)
+        while other == slug:  # most lines of that length come from other plays: a few draws at most
+            rejected, other = rng.choice(same_length)
         pairs.append(PreferencePair([{"role": "user", "content": _NEXT_LINE_QUESTION.format(line=line)}],
                                     following, rejected))
+        if len(pairs) == n:
+            break
+    if len(pairs) < n:
+        raise ValueError(f"these plays give only {len(pairs)} pairs, not {n}; the rejected line needs a second play")
     return pairs
 
 
@@ -121,8 +131,9 @@ def _config(budget: dict[str, Any], device: str, progress: bool) -> Any:
                        device=device, progress=progress)
 
 
-def build_sft_word_order(progress: bool = True) -> CourseModel:
-    """Instruction-tune SmolLM2 on the word-order conversations (assistant tokens only)."""
+def build_sft_word_order(progress: bool = True, train_on_prompt: bool = False) -> CourseModel:
+    """Instruction-tune SmolLM2 on the word-order conversations: the loss on the assistant's tokens only,
+    or (``train_on_prompt``, the mistake chapter 4 demonstrates) on every token."""
     from llmcourse.device import seed_everything
     from llmcourse.training import train
 
@@ -134,14 +145,15 @@ def build_sft_word_order(progress: bool = True) -> CourseModel:
     classes = task.classes
 
     def tokens(examples: Sequence[tasks.Example]) -> list[Any]:
-        return [chat_tokens(tokenizer, word_order_messages(e, classes[e.label]), WORD_ORDER_SYSTEM) for e in examples]
+        return [chat_tokens(tokenizer, word_order_messages(e, classes[e.label]), WORD_ORDER_SYSTEM, train_on_prompt)
+                for e in examples]
 
     validation = tokens(task.validation[:64])
     val_batches = [pad_batch(validation[i:i + 16], tokenizer.pad_token_id) for i in range(0, len(validation), 16)]
     history = train(model, sft_loss, sft_batches(tokens(task.train), budget["batch_size"], tokenizer.pad_token_id),
                     val_batches, _config(budget, device, progress))
     info = {"device": device, "budget": budget, "lora": _LORA, "examples_seen": budget["steps"] * budget["batch_size"],
-            "val_loss": history.val_loss[-1]}
+            "train_on_prompt": train_on_prompt, "val_loss": history.val_loss[-1]}
     return CourseModel(model.cpu().eval(), tokenizer, history, info)
 
 

@@ -131,20 +131,42 @@ def answer_logprobs(
 
     Returns ``(logprobs, lengths)``, each (len(questions), len(answers)): the sum over the answer's
     tokens, its end-of-turn token included (so an answer that should go on is penalised for
-    stopping), and how many tokens that is (divide for a length-normalised score). Rows are scored
-    ``batch_size`` at a time.
+    stopping), and how many tokens that is (divide for a length-normalised score).
+
+    Each prompt is read once: questions whose prompts have the same length are batched (up to
+    ``batch_size``), their keys and values cached, and every answer continues from that cache
+    (``KVCache.truncate`` rewinds it between answers), about half the work of scoring each
+    prompt-and-answer row from scratch. ``model`` needs ``new_cache`` (``LlamaDecoder`` has it).
     """
-    rows = [chat_tokens(tokenizer, [*question, {"role": "assistant", "content": answer}], default_system)
-            for question in questions for answer in answers]
+    prompts: list[list[int]] = []
+    answer_ids: list[list[int]] = []
+    for question in questions:
+        rows = [chat_tokens(tokenizer, [*question, {"role": "assistant", "content": a}], default_system) for a in answers]
+        starts = [next(i for i, label in enumerate(row.labels) if label != IGNORE_INDEX) for row in rows]
+        prompts.append(rows[0].input_ids[:starts[0]])
+        answer_ids = [row.input_ids[start:] for row, start in zip(rows, starts)]  # the same for every question
     device = next(model.parameters()).device
-    sums, counts = [], []
-    for start in range(0, len(rows), batch_size):
-        batch = pad_batch(rows[start:start + batch_size], pad_id=0)
-        total, count = sequence_logprobs(model(batch["input_ids"].to(device)), batch["labels"].to(device))
-        sums.append(total.cpu())
-        counts.append(count.cpu())
-    shape = (len(questions), len(answers))
-    return torch.cat(sums).view(shape), torch.cat(counts).view(shape)
+    logprobs = torch.zeros(len(questions), len(answers))
+    by_length: dict[int, list[int]] = {}
+    for i, prompt in enumerate(prompts):
+        by_length.setdefault(len(prompt), []).append(i)
+    longest_answer = max(len(ids) for ids in answer_ids)
+    for length, members in by_length.items():
+        for start in range(0, len(members), batch_size):
+            chunk = members[start:start + batch_size]
+            cache = model.new_cache(len(chunk), length + longest_answer)
+            ids = torch.tensor([prompts[i] for i in chunk], device=device)  # (G, L)
+            after_prompt = F.log_softmax(model(ids, cache=cache, last_only=True)[:, -1].float(), dim=-1)  # (G, V)
+            for a, tokens in enumerate(answer_ids):
+                cache.truncate(length)
+                total = after_prompt[:, tokens[0]]  # (G,)
+                if len(tokens) > 1:
+                    rest = torch.tensor(tokens, device=device).expand(len(chunk), -1)  # (G, n_a)
+                    logits = model(rest[:, :-1], cache=cache).float()  # (G, n_a - 1, V): predicts tokens 1..n_a-1
+                    total = total + F.log_softmax(logits, dim=-1).gather(-1, rest[:, 1:, None])[..., 0].sum(dim=1)
+                logprobs[chunk, a] = total.cpu()
+    lengths = torch.tensor([len(ids) for ids in answer_ids]).expand(len(questions), -1)
+    return logprobs, lengths.clone()
 
 
 def choose_answers(

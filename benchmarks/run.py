@@ -20,6 +20,7 @@ from torch import nn
 from benchmarks.finetuning import lora_vs_full
 from benchmarks.grading import autograde_seconds_per_submission
 from benchmarks.llama import llama_decoding, llama_prefill_speed_vs_hf, smollm2_load_seconds
+from benchmarks.post_training import post_training_gains, sft_step_time_vs_trl
 from benchmarks.timing import alternate
 from benchmarks.training import gpt_train_speed_vs_hf
 from llmcourse.attention import MultiHeadAttention
@@ -138,6 +139,7 @@ GOALS: dict[str, tuple[str, float]] = {
     "llama_prefill_speed_vs_hf": (">=", 1.0),
     "llama_decode_bandwidth_fraction": (">=", 0.5),
     "smollm2_load_seconds": ("<=", 5.0),
+    "sft_step_time_vs_trl": ("<=", 1.0),
 }
 
 BENCHMARKS: dict[str, Callable[[int], dict[str, float]]] = {
@@ -150,6 +152,8 @@ BENCHMARKS: dict[str, Callable[[int], dict[str, float]]] = {
     "llama_decoding": llama_decoding,
     "llama_prefill_speed_vs_hf": llama_prefill_speed_vs_hf,
     "smollm2_load_seconds": smollm2_load_seconds,
+    "sft_step_time_vs_trl": sft_step_time_vs_trl,
+    "post_training_gains": post_training_gains,
 }
 
 

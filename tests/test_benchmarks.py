@@ -10,7 +10,8 @@ from benchmarks import run
 
 KEYS = {"gpt_train_speed_vs_hf", "attention_time_vs_torch", "kv_cache_speedup", "generate_speed_vs_hf",
         "lora_trainable_fraction", "lora_accuracy_vs_full", "autograde_seconds_per_submission",
-        "llama_decode_speed_vs_hf", "llama_prefill_speed_vs_hf", "llama_decode_bandwidth_fraction", "smollm2_load_seconds"}
+        "llama_decode_speed_vs_hf", "llama_prefill_speed_vs_hf", "llama_decode_bandwidth_fraction", "smollm2_load_seconds",
+        "sft_step_time_vs_trl"}
 
 
 def test_every_reported_key_is_measured() -> None:

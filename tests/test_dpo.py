@@ -97,7 +97,7 @@ def test_dpo_training_separates_the_pairs_and_moves_away_from_the_reference(toke
     batch = dpo.pair_batch(PAIRS, tokenizer, pad_id=tokenizer.pad_token_id)
     before = dpo.preference_metrics(model, [batch], beta=0.1)
     assert before.accuracy == 0.0 and before.margin == 0.0 and before.kl == pytest.approx(0.0, abs=1e-6)
-    assert before.loss == pytest.approx(math.log(2))
+    assert before.loss == pytest.approx(math.log(2)) and before.policy_accuracy == before.reference_accuracy
     reference_logits = model(batch["input_ids"]).detach()
     config = training.TrainConfig(max_steps=25, learning_rate=1e-2, warmup_steps=0, weight_decay=0.0,
                                   progress=False, device="cpu")
@@ -105,6 +105,7 @@ def test_dpo_training_separates_the_pairs_and_moves_away_from_the_reference(toke
     after = dpo.preference_metrics(model, [batch], beta=0.1)
     assert history.train_loss[-1] < history.train_loss[0]
     assert after.accuracy == 1.0 and after.margin > 0 and after.kl > 0 and after.loss < math.log(2)
+    assert after.reference_accuracy == before.reference_accuracy  # the reference did not move
     # The reference is the frozen base: switching LoRA off still gives the logits from before training.
     with torch.no_grad(), lora_disabled(model):
         torch.testing.assert_close(model(batch["input_ids"]), reference_logits)

@@ -151,7 +151,8 @@ def test_course_bpe_gpt_round_trip(quick_recipes) -> None:
 def test_unknown_course_model() -> None:
     with pytest.raises(KeyError, match="shakespeare-char-gpt"):
         models.load_course_model("gpt-5")
-    assert set(models.course_models()) == {"shakespeare-char-gpt", "shakespeare-mlm", "shakespeare-bpe-gpt"}
+    assert set(models.course_models()) == {"shakespeare-char-gpt", "shakespeare-mlm", "shakespeare-bpe-gpt",
+                                           "smollm2-sft-word-order", "smollm2-sft-prompt-in-loss", "smollm2-dpo-next-line"}
 
 
 def test_cache_dir_follows_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
@@ -174,8 +175,10 @@ def test_models_used_by_reads_the_notebooks(tmp_path) -> None:
     assert models.models_used_by([tmp_path]) == ["shakespeare-mlm"]  # unknown names are left to the notebook's error
     assert models.models_used_by([tmp_path / "b.ipynb", tmp_path / "missing"]) == []
     root = Path(__file__).resolve().parents[1]
-    assert models.models_used_by([root / "chapters"]) == ["shakespeare-bpe-gpt", "shakespeare-char-gpt", "shakespeare-mlm",
-                                                          models.SMOLLM2]  # the BPE GPT: chapter 5's bits per character
+    assert models.models_used_by([root / "chapters"]) == [
+        "shakespeare-bpe-gpt", "shakespeare-char-gpt", "shakespeare-mlm",  # the BPE GPT: chapter 5's bits per character
+        models.SMOLLM2, "smollm2-dpo-next-line", "smollm2-sft-prompt-in-loss", "smollm2-sft-word-order",  # chapter 4
+    ]
     (tmp_path / "test_real.py").write_text("model, tokenizer = load_smollm2()\n")
     (tmp_path / ".ipynb_checkpoints").mkdir()
     (tmp_path / ".ipynb_checkpoints" / "old.py").write_text('load_course_model("shakespeare-char-gpt")\n')

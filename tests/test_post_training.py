@@ -66,4 +66,4 @@ def test_adapters_are_trained_once_and_only_the_lora_matrices_are_cached(quick_p
     with torch.no_grad():
         torch.testing.assert_close(first.model(ids), second.model(ids))
     if name == "smollm2-dpo-next-line":
-        assert set(second.info["val"]) == {"loss", "accuracy", "policy_accuracy", "margin", "kl"}
+        assert set(second.info["val"]) == {"loss", "accuracy", "policy_accuracy", "reference_accuracy", "margin", "kl"}

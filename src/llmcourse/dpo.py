@@ -104,7 +104,8 @@ class PreferenceMetrics(NamedTuple):
 
     ``accuracy``: how often the chosen answer's implicit reward beats the rejected one's (0 before
     training, when both are 0); ``policy_accuracy``: how often the model itself gives the chosen
-    answer the higher log-probability (meaningful before training too); ``margin``: the mean reward
+    answer the higher log-probability, and ``reference_accuracy`` the same for the reference (the
+    model before tuning), both from the same pass; ``margin``: the mean reward
     difference; ``kl``: the mean KL divergence from the policy to the reference, per answer token,
     in nats (how far training moved the model).
     """
@@ -112,6 +113,7 @@ class PreferenceMetrics(NamedTuple):
     loss: float
     accuracy: float
     policy_accuracy: float
+    reference_accuracy: float
     margin: float
     kl: float
 
@@ -119,7 +121,7 @@ class PreferenceMetrics(NamedTuple):
 @torch.no_grad()
 def preference_metrics(model: nn.Module, batches: Iterable[Batch], beta: float = 0.1) -> PreferenceMetrics:
     """``PreferenceMetrics`` of ``model`` (with LoRA layers) over ``batches`` of ``pair_batch``."""
-    losses, wins, policy_wins, margins = [], [], [], []
+    losses, wins, policy_wins, reference_wins, margins = [], [], [], [], []
     kl_sum, kl_tokens = 0.0, 0
     device = next(model.parameters()).device
     for batch in batches:
@@ -134,6 +136,7 @@ def preference_metrics(model: nn.Module, batches: Iterable[Batch], beta: float =
         losses.append(out.loss.item() * len(pc))
         wins += (out.chosen_rewards > out.rejected_rewards).tolist()
         policy_wins += (pc > pr).tolist()
+        reference_wins += (rc > rr).tolist()
         margins += (out.chosen_rewards - out.rejected_rewards).tolist()
         answer = labels[:, 1:] != IGNORE_INDEX  # (2B, T-1): the positions that predict an answer token
         p_log = F.log_softmax(policy_logits[:, :-1][answer], dim=-1)  # (N, V)
@@ -143,5 +146,5 @@ def preference_metrics(model: nn.Module, batches: Iterable[Batch], beta: float =
     n = len(wins)
     if n == 0:
         raise ValueError("no batches to evaluate")
-    return PreferenceMetrics(sum(losses) / n, sum(wins) / n, sum(policy_wins) / n, sum(margins) / n,
-                             kl_sum / max(kl_tokens, 1))
+    return PreferenceMetrics(sum(losses) / n, sum(wins) / n, sum(policy_wins) / n, sum(reference_wins) / n,
+                             sum(margins) / n, kl_sum / max(kl_tokens, 1))

@@ -455,10 +455,10 @@ _RECIPES: dict[str, _Recipe] = {
     # SmolLM2-135M-Instruct post-trained with LoRA: only the adapters are cached (llmcourse.post_training).
     "smollm2-sft-word-order": _adapter_recipe(
         "build_sft_word_order", {}, "SmolLM2-135M-Instruct instruction-tuned with LoRA to tell a line in Shakespeare's "
-        "word order from a shuffled one", 1),
+        "word order from a shuffled one", 2),
     "smollm2-sft-prompt-in-loss": _adapter_recipe(
         "build_sft_word_order", {"train_on_prompt": True}, "the same instruction tuning with the loss on the prompt's "
-        "tokens too (a mistake, for comparison)", 1),
+        "tokens too (a mistake, for comparison)", 2),
     "smollm2-dpo-next-line": _adapter_recipe(
         "build_dpo_next_line", {}, "SmolLM2-135M-Instruct preference-tuned with DPO and LoRA to prefer a line's real "
         "successor", 1),

@@ -51,8 +51,8 @@ BUDGETS: dict[str, dict[str, dict[str, Any]]] = {
         "cuda": {"steps": 500, "batch_size": 16, "learning_rate": 5e-4, "warmup_steps": 25, "eval_every": 50},
     },
     "dpo": {
-        "cpu": {"steps": 40, "batch_size": 4, "learning_rate": 5e-4, "warmup_steps": 5, "eval_every": 20, "beta": 0.1},
-        "cuda": {"steps": 400, "batch_size": 16, "learning_rate": 2e-4, "warmup_steps": 20, "eval_every": 50,
+        "cpu": {"steps": 40, "batch_size": 4, "learning_rate": 3e-3, "warmup_steps": 5, "eval_every": 20, "beta": 0.1},
+        "cuda": {"steps": 400, "batch_size": 16, "learning_rate": 1e-3, "warmup_steps": 20, "eval_every": 50,
                  "beta": 0.1},
     },
 }
@@ -148,7 +148,7 @@ def build_sft_word_order(progress: bool = True, train_on_prompt: bool = False) -
         return [chat_tokens(tokenizer, word_order_messages(e, classes[e.label]), WORD_ORDER_SYSTEM, train_on_prompt)
                 for e in examples]
 
-    validation = tokens(task.validation[:64])
+    validation = tokens(task.validation[:32])
     val_batches = [pad_batch(validation[i:i + 16], tokenizer.pad_token_id) for i in range(0, len(validation), 16)]
     history = train(model, sft_loss, sft_batches(tokens(task.train), budget["batch_size"], tokenizer.pad_token_id),
                     val_batches, _config(budget, device, progress))
@@ -168,9 +168,9 @@ def build_dpo_next_line(progress: bool = True) -> CourseModel:
     add_lora(model, **_LORA)
     split = data.split_by_play(test_fraction=TEST_FRACTION, seed=SPLIT_SEED)
     train_pairs = next_line_pairs(split.train, 4000, seed=0)
-    val_pairs = next_line_pairs(split.train, 32, seed=1)  # a check on training plays; the book tests on held-out ones
+    val_pairs = next_line_pairs(split.train, 16, seed=1)  # a check on training plays; the book tests on held-out ones
     pad = tokenizer.pad_token_id
-    val_batches = [pair_batch(val_pairs[i:i + 8], tokenizer, pad, NEXT_LINE_SYSTEM) for i in range(0, 32, 8)]
+    val_batches = [pair_batch(val_pairs[i:i + 8], tokenizer, pad, NEXT_LINE_SYSTEM) for i in range(0, 16, 8)]
     beta = budget["beta"]
     history = train(model, dpo_objective(beta), dpo_batches(train_pairs, tokenizer, budget["batch_size"], pad, 0,
                                                             NEXT_LINE_SYSTEM),

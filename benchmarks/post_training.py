@@ -7,7 +7,7 @@ import tempfile
 import torch
 
 from benchmarks.timing import alternate
-from llmcourse import data, dpo, models, post_training, sft
+from llmcourse import corpora, dpo, models, post_training, sft
 
 N_TEST_LINES, N_TEST_PAIRS, BATCH = 200, 64, 8
 
@@ -74,7 +74,7 @@ def post_training_gains(repeats: int) -> dict[str, float]:
     before, _ = post_training.word_order_accuracy(base, tokenizer, test, task.classes)
     after, _ = post_training.word_order_accuracy(tuned.model, tokenizer, test, task.classes)
     preference = models.load_course_model("smollm2-dpo-next-line", progress=False)
-    split = data.split_by_play(test_fraction=models.TEST_FRACTION, seed=models.SPLIT_SEED)
+    split = corpora.held_out_split()
     pairs = post_training.next_line_pairs(split.test, N_TEST_PAIRS, seed=1)
     batches = [dpo.pair_batch(pairs[i:i + 8], tokenizer, tokenizer.pad_token_id, post_training.NEXT_LINE_SYSTEM)
                for i in range(0, N_TEST_PAIRS, 8)]

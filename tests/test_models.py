@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from llmcourse import data, models
+from llmcourse import corpora, models
 
 
 @pytest.fixture(scope="module")
@@ -144,7 +144,7 @@ def test_course_bpe_gpt_round_trip(quick_recipes) -> None:
     with torch.no_grad():
         assert torch.equal(first.model(ids), second.model(ids))
     assert second.history.val_loss == first.history.val_loss
-    split = data.split_by_play(test_fraction=models.TEST_FRACTION, seed=models.SPLIT_SEED)
+    split = corpora.held_out_split()
     assert second.info["val_plays"] == [play.slug for play in split.test]  # the held-out plays of every course model
 
 

@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from llmcourse import models
+from llmcourse import corpora
 from llmcourse.batches import lm_batches, lm_eval_batches
 from llmcourse.objectives import clm_loss
 from llmcourse.training import TrainConfig, init_distributed, shard, train
@@ -40,7 +40,7 @@ def fresh_model(vocab_size: int) -> GPT:
 def main(out: str) -> None:
     torch.set_num_threads(1)  # one core per process
     rank, world_size = init_distributed()
-    corpus = models.char_corpus()
+    corpus = corpora.char_corpus()
     vocab_size = corpus.tokenizer.vocab_size
     val_batches = lm_eval_batches(corpus.val_ids, GLOBAL_BATCH, BLOCK, n_batches=4)
     config = TrainConfig(max_steps=60, warmup_steps=10, learning_rate=3e-3, eval_every=30, progress=False, device="cpu")

@@ -2,7 +2,8 @@
 
 One idea per module, in the order the book reads them:
 
-- foundations: ``data`` (the Shakespeare corpus), ``tokenization`` (characters, words, BPE),
+- foundations: ``data`` (the Shakespeare corpus), ``corpora`` (the plays split once and tokenized
+  for the course's models), ``tokenization`` (characters, words, BPE),
   ``ngram`` (an n-gram language model), ``device`` (device, dtype, seeds);
 - attention and the Transformer: ``attention`` (scaled dot-product and multi-head attention,
   masks), ``transformer`` (blocks, the GPT and the BERT-style encoder), ``llama`` (a modern
@@ -13,8 +14,9 @@ One idea per module, in the order the book reads them:
 - fine-tuning: ``tasks`` (tasks from the corpus, baselines, their metrics), ``classifier`` (a
   pretrained encoder with a head), ``freezing`` (what trains), ``adapters`` (prompt tuning,
   prefix tuning, LoRA), ``profiling`` (memory of a training step), ``strategies`` (six
-  strategies compared);
-- applications: ``generation`` (decoding rules and beam search), ``chat`` (chat templates),
+  strategies compared); post-training a real LLM: ``sft`` (instruction tuning), ``dpo``
+  (preference tuning), ``post_training`` (the runs on SmolLM2);
+- applications: ``generation`` (decoding rules and beam search), ``chat`` (chat templates, and which tokens a model learns from),
   ``retrieval`` (embedding search with MiniLM), ``metrics`` (perplexity, BLEU, ROUGE,
   classification scores), ``quantization`` (GGUF block formats by hand);
 - around them: ``models`` (the models available offline, and the course's own), ``plots``

@@ -29,9 +29,12 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from llmcourse.cache import cache_dir
+
+if TYPE_CHECKING:
+    from llmcourse.corpora import TokenCorpus
 
 __all__ = [
     "minilm_path",
@@ -42,13 +45,7 @@ __all__ = [
     "load_smollm2",
     "load_smollm2_tokenizer",
     "CourseModel",
-    "TokenCorpus",
-    "CharCorpus",
-    "PairCorpus",
     "cache_dir",
-    "char_corpus",
-    "bpe_corpus",
-    "pair_corpus",
     "course_models",
     "models_used_by",
     "prepare_model",
@@ -222,87 +219,6 @@ class CourseModel(NamedTuple):
     info: dict[str, Any]
 
 
-class TokenCorpus(NamedTuple):
-    """Shakespeare as token ids, split by play: train on ``train_ids``, validate on held-out plays."""
-
-    tokenizer: Any  # CharTokenizer or BPETokenizer built on the training plays only
-    train_ids: Any  # 1-D LongTensor
-    val_ids: Any
-    train_plays: list[str]
-    val_plays: list[str]
-
-
-CharCorpus = TokenCorpus  # what char_corpus returns
-
-
-class PairCorpus(NamedTuple):
-    """Line pairs as word ids for BERT-style pre-training, split by play."""
-
-    tokenizer: Any  # lowercase WordTokenizer with [PAD] [CLS] [SEP] [MASK] appended
-    special: Any  # llmcourse.batches.SpecialTokens
-    train_examples: list[tuple[list[int], list[int], int]]  # (ids, segment ids, is_next)
-    val_examples: list[tuple[list[int], list[int], int]]
-    train_plays: list[str]
-    val_plays: list[str]
-
-
-#: The held-out plays: 15% of each genre, the same for every course model and notebook.
-SPLIT_SEED, TEST_FRACTION = 0, 0.15
-
-
-def _token_corpus(make_tokenizer: Callable[[str], Any]) -> TokenCorpus:
-    """The plays split by play, tokenized by ``make_tokenizer(training text)``: nothing learnt from held-out plays."""
-    import torch
-
-    from llmcourse import data
-
-    split = data.split_by_play(test_fraction=TEST_FRACTION, seed=SPLIT_SEED)
-    train_text, val_text = data.corpus_text(split.train), data.corpus_text(split.test)
-    tokenizer = make_tokenizer(train_text)
-    return TokenCorpus(
-        tokenizer,
-        torch.tensor(tokenizer.encode(train_text)),
-        torch.tensor(tokenizer.encode(val_text)),
-        [p.slug for p in split.train],
-        [p.slug for p in split.test],
-    )
-
-
-def char_corpus() -> CharCorpus:
-    """The plays as text with speaker names (``play_text``), one character per token."""
-    from llmcourse.tokenization import CharTokenizer
-
-    return _token_corpus(CharTokenizer)  # characters never seen in training become <unk>
-
-
-def bpe_corpus(vocab_size: int = 768) -> TokenCorpus:
-    """The text of ``char_corpus`` in byte-level BPE tokens, the merges learned on the training plays only."""
-    from llmcourse.tokenization import BPETokenizer
-
-    return _token_corpus(lambda text: BPETokenizer().train(text, vocab_size))
-
-
-def pair_corpus(max_length: int = 48, min_count: int = 3, n_train: int | None = None, n_val: int = 4096) -> PairCorpus:
-    """Pairs of consecutive or unrelated lines (``nsp_pairs``), encoded as ``[CLS] A [SEP] B [SEP]`` word ids."""
-    from llmcourse import data
-    from llmcourse.batches import add_special_tokens, encode_pair, nsp_pairs
-    from llmcourse.tokenization import WordTokenizer
-
-    split = data.split_by_play(test_fraction=TEST_FRACTION, seed=SPLIT_SEED)
-    tokenizer = WordTokenizer(data.corpus_text(split.train, speakers=False), min_count=min_count, lowercase=True)
-    special = add_special_tokens(tokenizer)
-
-    def encode(plays: list[Any], n_pairs: int | None, seed: int) -> list[tuple[list[int], list[int], int]]:
-        examples = []
-        for pair in nsp_pairs(plays, n_pairs, seed=seed):
-            ids, segments = encode_pair(tokenizer.encode(pair.first), tokenizer.encode(pair.second), special, max_length)
-            examples.append((ids, segments, int(pair.is_next)))
-        return examples
-
-    return PairCorpus(tokenizer, special, encode(split.train, n_train, 0), encode(split.test, n_val, 1),
-                      [p.slug for p in split.train], [p.slug for p in split.test])
-
-
 def _gpt(corpus: TokenCorpus, recipe: dict[str, Any], progress: bool) -> CourseModel:
     from llmcourse.device import seed_everything
     from llmcourse.batches import lm_batches, lm_eval_batches
@@ -324,10 +240,14 @@ def _gpt(corpus: TokenCorpus, recipe: dict[str, Any], progress: bool) -> CourseM
 
 
 def _char_gpt(progress: bool) -> CourseModel:
+    from llmcourse.corpora import char_corpus
+
     return _gpt(char_corpus(), CHAR_GPT, progress)
 
 
 def _bpe_gpt(progress: bool) -> CourseModel:
+    from llmcourse.corpora import bpe_corpus
+
     return _gpt(bpe_corpus(BPE_GPT["vocab_size"]), BPE_GPT, progress)
 
 
@@ -354,6 +274,7 @@ def _mlm_encoder(progress: bool) -> CourseModel:
     from llmcourse.batches import pair_batches
     from llmcourse.objectives import IGNORE_INDEX, bert_loss
     from llmcourse.training import TrainConfig, train
+    from llmcourse.corpora import pair_corpus
     from llmcourse.transformer import EncoderConfig, MLMEncoder
 
     corpus = pair_corpus(**MLM_ENCODER["corpus"])

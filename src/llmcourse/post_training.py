@@ -29,7 +29,8 @@ from llmcourse import data, tasks
 from llmcourse.chat import chat_tokens
 from llmcourse.dpo import PreferencePair, dpo_batches, dpo_objective, pair_batch, preference_metrics
 from llmcourse.llama import LlamaDecoder
-from llmcourse.models import SPLIT_SEED, TEST_FRACTION, CourseModel, load_smollm2
+from llmcourse.corpora import held_out_split
+from llmcourse.models import CourseModel, load_smollm2
 from llmcourse.sft import LLAMA_ATTENTION, add_lora, choose_answers, pad_batch, sft_batches, sft_loss
 
 __all__ = [
@@ -166,7 +167,7 @@ def build_dpo_next_line(progress: bool = True) -> CourseModel:
     device, budget = _budget("dpo")
     model, tokenizer = smollm2_decoder(progress)
     add_lora(model, **_LORA)
-    split = data.split_by_play(test_fraction=TEST_FRACTION, seed=SPLIT_SEED)
+    split = held_out_split()
     train_pairs = next_line_pairs(split.train, 4000, seed=0)
     val_pairs = next_line_pairs(split.train, 16, seed=1)  # a check on training plays; the book tests on held-out ones
     pad = tokenizer.pad_token_id

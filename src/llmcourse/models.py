@@ -481,3 +481,20 @@ def _load_or_train(name: str, progress: bool, retrain: bool) -> CourseModel:
     shutil.rmtree(folder, ignore_errors=True)
     staging.rename(folder)  # all or nothing: an interrupted run leaves no half-written cache
     return result
+
+
+_MOVED_TO_CORPORA = frozenset({
+    "SPLIT_SEED", "TEST_FRACTION", "held_out_split", "TokenCorpus", "CharCorpus", "PairCorpus",
+    "char_corpus", "bpe_corpus", "pair_corpus",
+})
+
+
+def __getattr__(name: str) -> Any:
+    """Keep ``from llmcourse.models import char_corpus`` working: the corpora moved to
+    ``llmcourse.corpora``, and notebooks fetched before the move (a learner's submission, say)
+    still import them from here."""
+    if name in _MOVED_TO_CORPORA:
+        from llmcourse import corpora
+
+        return getattr(corpora, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -11,6 +11,7 @@ import torch
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 from gguf import quants as gguf_quants
 
+from llmcourse import converters
 from llmcourse import quantization as q
 from llmcourse.llama import LlamaConfig, LlamaDecoder
 from llmcourse.models import load_smollm2, smollm2_gguf_path
@@ -209,20 +210,20 @@ def llama_cpp_permute(weight: torch.Tensor, n_heads: int) -> torch.Tensor:
 
 def test_unpermute_rope_rows_inverts_llama_cpp() -> None:
     w = torch.randn(3 * 8, 5)
-    assert torch.equal(q.unpermute_rope_rows(llama_cpp_permute(w, 3), 3), w)
+    assert torch.equal(converters.unpermute_rope_rows(llama_cpp_permute(w, 3), 3), w)
     gguf_rows = llama_cpp_permute(torch.arange(8.0).reshape(8, 1), 1).squeeze(1)
     assert gguf_rows.tolist() == [0, 4, 1, 5, 2, 6, 3, 7]  # the two halves of the head interleaved
     with pytest.raises(ValueError, match="do not split into 3 heads"):
-        q.unpermute_rope_rows(torch.zeros(9, 2), 3)
+        converters.unpermute_rope_rows(torch.zeros(9, 2), 3)
 
 
 def test_gguf_names_become_the_decoders() -> None:
-    assert q.gguf_to_llama_name("token_embd.weight") == "embed_tokens.weight"
-    assert q.gguf_to_llama_name("output_norm.weight") == "norm.weight"
-    assert q.gguf_to_llama_name("blk.12.attn_output.weight") == "layers.12.self_attn.o_proj.weight"
-    assert q.gguf_to_llama_name("blk.0.ffn_norm.weight") == "layers.0.post_attention_layernorm.weight"
+    assert converters.gguf_to_llama_name("token_embd.weight") == "embed_tokens.weight"
+    assert converters.gguf_to_llama_name("output_norm.weight") == "norm.weight"
+    assert converters.gguf_to_llama_name("blk.12.attn_output.weight") == "layers.12.self_attn.o_proj.weight"
+    assert converters.gguf_to_llama_name("blk.0.ffn_norm.weight") == "layers.0.post_attention_layernorm.weight"
     with pytest.raises(KeyError, match="known names"):
-        q.gguf_to_llama_name("blk.0.attn_qkv.weight")
+        converters.gguf_to_llama_name("blk.0.attn_qkv.weight")
 
 
 def test_the_reader_equals_transformers_conversion(smollm2_state: dict[str, torch.Tensor],
@@ -237,17 +238,17 @@ def test_the_reader_equals_transformers_conversion(smollm2_state: dict[str, torc
 def test_the_config_from_the_metadata_equals_transformers(smollm2_state: dict[str, torch.Tensor],
                                                           smollm2_metadata: dict[str, object],
                                                           transformers_decoder: LlamaDecoder) -> None:
-    config = q.llama_config_from_gguf(smollm2_metadata, smollm2_state)
+    config = converters.llama_config_from_gguf(smollm2_metadata, smollm2_state)
     assert isinstance(config, LlamaConfig) and config == transformers_decoder.config
-    assert q.llama_config_from_gguf(smollm2_metadata, ["output.weight"]).tie_embeddings is False
+    assert converters.llama_config_from_gguf(smollm2_metadata, ["output.weight"]).tie_embeddings is False
     with pytest.raises(ValueError, match="builds 'llama' models only"):
-        q.llama_config_from_gguf({"general.architecture": "gpt2"})
+        converters.llama_config_from_gguf({"general.architecture": "gpt2"})
 
 
 def test_the_decoder_built_from_the_file_gives_transformers_logits(
         smollm2_state: dict[str, torch.Tensor], smollm2_metadata: dict[str, object],
         transformers_decoder: LlamaDecoder) -> None:
-    config = q.llama_config_from_gguf(smollm2_metadata, smollm2_state)
+    config = converters.llama_config_from_gguf(smollm2_metadata, smollm2_state)
     with torch.device("meta"):
         model = LlamaDecoder(config)
     model.load_state_dict(smollm2_state, assign=True)  # strict: every parameter, nothing else
@@ -302,7 +303,7 @@ def ours_file() -> q.GGUFFile:
 @pytest.fixture(scope="module")
 def _smollm2_read() -> tuple[dict[str, torch.Tensor], dict[str, object]]:
     start = time.perf_counter()
-    state, metadata = q.read_gguf_llama(smollm2_gguf_path())
+    state, metadata = converters.read_gguf_llama(smollm2_gguf_path())
     print(f"\nread_gguf_llama: the whole file as float32 in {time.perf_counter() - start:.2f} s")
     return state, metadata
 

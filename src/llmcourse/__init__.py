@@ -8,7 +8,7 @@ One idea per module, in the order the book reads them:
 - attention and the Transformer: ``attention`` (scaled dot-product and multi-head attention,
   masks), ``transformer`` (blocks, the GPT and the BERT-style encoder), ``llama`` (a modern
   decoder: RMSNorm, rotary embeddings, SwiGLU, grouped-query attention), ``converters``
-  (other libraries' weights in these models);
+  (other libraries' weights in these models: GPT-2, and SmolLM2 from its GGUF file);
 - pre-training: ``objectives`` (the losses), ``batches`` (what they read), ``training`` (the one
   training loop, also used for fine-tuning);
 - fine-tuning: ``tasks`` (tasks from the corpus, baselines, their metrics), ``classifier`` (a

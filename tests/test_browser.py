@@ -104,6 +104,10 @@ WIDE_TEXT_BLOCKS = """() => [...document.querySelectorAll("article div.highlight
   .filter(p => !p.closest(".cell") && p.scrollWidth > p.clientWidth + 2)
   .map(p => p.textContent.split("\\n").reduce((a, b) => (b.length > a.length ? b : a), ""))"""
 
+WIDE_CODE_CELLS = """() => [...document.querySelectorAll("article div.cell_input pre")]
+  .filter(p => p.scrollWidth > p.clientWidth + 2)
+  .map(p => p.textContent.split("\\n").reduce((a, b) => (b.length > a.length ? b : a), ""))"""
+
 COURSE_STYLE = """() => [...document.styleSheets].some(s => (s.href || "").includes("/_static/llmcourse.css"))"""
 
 
@@ -133,9 +137,12 @@ def test_every_page_renders_maths_and_images_offline(site: str, page: tuple[obje
         assert leftover is None, f"{entry}: raw TeX left visible: {text[max(0, leftover.start() - 60):leftover.end() + 20]!r}"
         broken = tab.evaluate("() => [...document.images].filter(i => !i.complete || i.naturalWidth === 0).map(i => i.src)")
         assert broken == [], f"{entry}: images that did not load: {broken[:3]}"
-        # Text diagrams and listings in the prose fit the column of a 1280-pixel screen (code cells may scroll).
+        # Text diagrams and listings in the prose, and the code of every cell, fit the column of a
+        # 1280-pixel screen (tests/test_code_width.py keeps code lines to 88 characters; outputs may scroll).
         wide = tab.evaluate(WIDE_TEXT_BLOCKS)
         assert wide == [], f"{entry}: text blocks wider than the page, shorten their lines: {wide[:2]}"
+        wide = tab.evaluate(WIDE_CODE_CELLS)
+        assert wide == [], f"{entry}: code cells that scroll sideways, wrap their lines: {wide[:2]}"
         assert tab.evaluate(COURSE_STYLE), f"{entry}: the course stylesheet (_static/llmcourse.css) is not applied"
         if entry == pages[0] or entry.endswith("/index"):
             name = "landing" if entry == pages[0] else entry.split("/")[-2]

@@ -145,7 +145,7 @@ def read_gguf_llama(path: str | os.PathLike[str] | None = None,
                     ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """``(state_dict, metadata)``: a llama GGUF file's weights as float32 under ``LlamaDecoder``'s names.
 
-    ``path`` defaults to SmolLM2-135M-Instruct's file. Every tensor is dequantised by ``dequantize``;
+    ``path`` defaults to SmolLM2-135M-Instruct's file. Every tensor is dequantised (``quantization.dequantize``);
     the query and key projections are unpermuted (``unpermute_rope_rows``). Build the model with
     ``LlamaDecoder(llama_config_from_gguf(metadata, state_dict))`` and ``load_state_dict(state_dict)``.
     """

@@ -18,7 +18,8 @@ One idea per module, in the order the book reads them:
   (preference tuning), ``post_training`` (the runs on SmolLM2);
 - applications: ``generation`` (decoding rules and beam search), ``chat`` (chat templates, and which tokens a model learns from),
   ``retrieval`` (embedding search with MiniLM), ``metrics`` (perplexity, distinct-n,
-  classification scores, and BLEU and ROUGE from ``bleu`` and ``rouge``), ``quantization`` (GGUF block formats by hand);
+  classification scores; BLEU and ROUGE, written in ``bleu`` and ``rouge``), ``quantization``
+  (GGUF block formats by hand);
 - around them: ``models`` (the models available offline, and the course's own), ``plots``
   (figures and tables), ``grading`` (auto-grading of the exercises in a sandbox), ``book``
   (building the book offline) and ``cli`` (the ``llmcourse`` command).

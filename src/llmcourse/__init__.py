@@ -16,10 +16,13 @@ One idea per module, in the order the book reads them:
   prefix tuning, LoRA), ``profiling`` (memory of a training step), ``strategies`` (six
   strategies compared); post-training a real LLM: ``sft`` (instruction tuning), ``dpo``
   (preference tuning), ``post_training`` (the runs on SmolLM2);
-- applications: ``generation`` (decoding rules and beam search), ``chat`` (chat templates, and which tokens a model learns from),
-  ``retrieval`` (embedding search with MiniLM), ``metrics`` (perplexity, distinct-n,
-  classification scores; BLEU and ROUGE, written in ``bleu`` and ``rouge``), ``quantization``
-  (GGUF block formats by hand);
+- applications: ``generation`` (decoding rules and beam search), ``chat`` (chat templates,
+  and which tokens a model learns from), ``dialogue`` (a conversation kept to fit the
+  context, replies streamed), ``icl`` (few-shot prompts and reading the answer),
+  ``retrieval`` (embedding search with MiniLM), ``rag`` (answers from retrieved passages,
+  with citations, scored), ``metrics`` (perplexity, distinct-n, classification scores; BLEU
+  and ROUGE, written in ``bleu`` and ``rouge``), ``judge`` (a model as judge, and its
+  position bias), ``quantization`` (GGUF block formats by hand);
 - around them: ``models`` (the models available offline, and the course's own), ``plots``
   (figures and tables), ``grading`` (auto-grading of the exercises in a sandbox), ``book``
   (building the book offline) and ``cli`` (the ``llmcourse`` command).

@@ -6,6 +6,7 @@
     llmcourse validate NOTEBOOK
     llmcourse outputs [--jobs N] NOTEBOOK...
     llmcourse lab
+    llmcourse chat [--system TEXT] [--max-new-tokens N] [--temperature T] [--max-context N]
 
 Exit status: 0 when the command ran (whatever the scores), 1 when ``validate`` finds a failing
 test or ``outputs`` a failing notebook, 2 on a usage error (unknown assignment, missing path).
@@ -213,6 +214,41 @@ def cmd_lab(args: argparse.Namespace) -> int:
     return 0  # not reached
 
 
+def cmd_chat(args: argparse.Namespace) -> int:
+    """Talk with SmolLM2-135M-Instruct on the terminal: one line a message, /reset to start over, /quit or EOF to end."""
+    from .dialogue import Chat
+    from .post_training import smollm2_decoder
+
+    interactive = sys.stdin.isatty()
+    decoder, tokenizer = smollm2_decoder(progress=interactive)
+    chat = Chat(decoder, tokenizer, system=args.system, max_context=args.max_context,
+                max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=0.9 if args.temperature else None)
+    if interactive:
+        print("SmolLM2-135M-Instruct, on this machine. Type a message; /reset starts over, /quit ends.")
+    while True:
+        if interactive:
+            print("> ", end="", flush=True)
+        line = sys.stdin.readline()
+        if not line or line.strip() == "/quit":
+            return 0
+        text = line.strip()
+        if not text:
+            continue
+        if text == "/reset":
+            chat.reset()
+            print("(a new conversation)")
+            continue
+        dropped = chat.dropped
+        try:
+            chat.send(text, on_text=lambda piece: print(piece, end="", flush=True))
+        except ValueError as error:
+            print(f"llmcourse chat: {error}", file=sys.stderr)
+            continue
+        print()
+        if chat.dropped > dropped:
+            print(f"(the oldest {chat.dropped - dropped} turns were dropped to fit {args.max_context} tokens)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of the ``llmcourse`` command."""
     from .grading.executor import NOTEBOOK_TIMEOUT_S
@@ -266,6 +302,17 @@ def build_parser() -> argparse.ArgumentParser:
     lab = commands.add_parser("lab", help="start JupyterLab on the repository (offline, with nbgrader)",
                               description="Other options (e.g. --port=8890) are passed on to JupyterLab.")
     lab.set_defaults(run=cmd_lab)
+
+    from .chat import SMOLLM2_SYSTEM_PROMPT
+
+    chat = commands.add_parser("chat", help="talk with SmolLM2-135M-Instruct on the terminal (offline)")
+    chat.add_argument("--system", default=SMOLLM2_SYSTEM_PROMPT, help="the system turn (default: SmolLM2's own)")
+    chat.add_argument("--max-new-tokens", type=_positive, default=256, metavar="N", help="longest reply (default 256)")
+    chat.add_argument("--max-context", type=_positive, default=2048, metavar="N",
+                      help="tokens of conversation kept; older turns are dropped (default 2048)")
+    chat.add_argument("--temperature", type=float, default=0.0, metavar="T",
+                      help="0 answers greedily (default); above 0 samples, with top-p 0.9")
+    chat.set_defaults(run=cmd_chat)
     return parser
 
 

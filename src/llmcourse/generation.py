@@ -212,6 +212,7 @@ def generate(
     pad_token_id: int | None = None,
     use_cache: bool = True,
     generator: torch.Generator | None = None,
+    on_token: Callable[[Tensor], None] | None = None,
 ) -> Tensor:
     """Extend each (B, T) prompt by up to ``max_new_tokens`` tokens; return (B, T + n) ids.
 
@@ -220,6 +221,7 @@ def generate(
     top-p. A row stops after producing a stop token or when its decoded new text (``decode``)
     contains a stop string (kept in the output); it is then filled with ``pad_token_id``
     (default: the first stop token). Generation ends early when every row has stopped.
+    ``on_token``, when given, is called with each step's (B,) new ids as they come (for streaming).
     Put the model in ``eval()`` mode first (dropout would otherwise stay on).
     """
     _check_prompt(input_ids, max_new_tokens)
@@ -252,22 +254,21 @@ def generate(
             if top_p is not None:
                 logits = top_p_filter(logits, top_p)
             next_ids = torch.multinomial(logits.softmax(dim=-1), 1, generator=generator).squeeze(1)  # (B,)
+        if can_stop and pad is not None:
+            next_ids = next_ids.masked_fill(finished, pad)
+        ids[:, length] = next_ids
+        length += 1
+        if on_token is not None:
+            on_token(next_ids)
         if can_stop:
-            if pad is not None:
-                next_ids = next_ids.masked_fill(finished, pad)
-            ids[:, length] = next_ids
             if stop_ids is not None:
                 finished |= torch.isin(next_ids, stop_ids)
             for row in range(batch):
                 if stop_strings and not finished[row]:
-                    text = decode(ids[row, prompt_length : length + 1].tolist())  # type: ignore[misc]
+                    text = decode(ids[row, prompt_length:length].tolist())  # type: ignore[misc]
                     finished[row] = any(stop in text for stop in stop_strings)
-            length += 1
             if bool(finished.all()):
                 break
-        else:
-            ids[:, length] = next_ids
-            length += 1
     return ids[:, :length]
 
 

@@ -462,3 +462,28 @@ def test_assignment_limits_come_from_the_source_notebooks() -> None:
     for folder in (SOLUTIONS_DIR, EXERCISES_DIR):
         nb = nbformat.read(folder / "ex04_finetuning" / "ex04_finetuning.ipynb", as_version=4)
         assert assignment_limits([nb]) == (600, 1200)
+
+
+def test_an_assignment_that_asks_for_memory_gets_it_and_no_other_does() -> None:
+    from llmcourse.grading.course import GradingCourse
+    from llmcourse.grading.sandbox import GiB, Limits
+    from llmcourse.grading.settings import assignment_memory
+
+    def notebook(**asked: object) -> NotebookNode:
+        nb = nbformat.v4.new_notebook()
+        nb.metadata["llmcourse"] = asked
+        return nb
+
+    assert assignment_memory([notebook(), notebook(cell_timeout=600)]) is None
+    assert assignment_memory([notebook(memory_gib=3), notebook(memory_gib=1.5)]) == 3 * GiB, "the largest request"
+    for bad in (0, -1, "4", True, 65):
+        with pytest.raises(ValueError, match="memory_gib must be a number of GiB"):
+            assignment_memory([notebook(memory_gib=bad)])
+    # ex07 trains SmolLM2 in its graded cell and asks for 4 GiB; ex02 asks for nothing and keeps the defaults.
+    with GradingCourse("ex07_post_training") as course:
+        assert course.sandbox is not None
+        assert course.sandbox.limits.memory_bytes == 4 * GiB
+        assert course.sandbox.limits.address_space_bytes == 8 * GiB
+        assert course.sandbox.limits.pids == Limits().pids
+    with GradingCourse("ex02_attention") as course:
+        assert course.sandbox is not None and course.sandbox.limits == Limits()

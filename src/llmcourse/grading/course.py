@@ -6,6 +6,7 @@ import logging
 import re
 import shutil
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
 
@@ -18,7 +19,7 @@ from .config import grading_config, put_interpreter_on_path, write_kernelspec
 from .executor import SANDBOXES
 from .notebooks import answer_ids, graded_cells, nbgrader_meta
 from .sandbox import KernelSandbox, Limits
-from .settings import CELL_TIMEOUT_S, NOTEBOOK_TIMEOUT_S, SOLUTIONS_DIR
+from .settings import CELL_TIMEOUT_S, NOTEBOOK_TIMEOUT_S, SOLUTIONS_DIR, assignment_memory
 
 
 class GradingError(Exception):
@@ -115,6 +116,12 @@ class GradingCourse:
         shutil.copytree(self.source, self.root / "source" / self.assignment,
                         ignore=shutil.ignore_patterns(".ipynb_checkpoints", "__pycache__"))
         kernels = self.root / "kernels"
+        if self.limits is None:  # what the assignment asks for, never less than the defaults
+            asked = assignment_memory(nbformat.read(path, as_version=4) for path in sorted(self.source.glob("*.ipynb")))
+            default = Limits()
+            if asked is not None and asked > default.memory_bytes:
+                self.limits = replace(default, memory_bytes=asked,
+                                      address_space_bytes=max(default.address_space_bytes, 2 * asked))
         self.sandbox = KernelSandbox(self.root, self.limits, self.threads)
         SANDBOXES[str(self.root)] = self.sandbox
         write_kernelspec(kernels, self.sandbox)

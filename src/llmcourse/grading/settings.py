@@ -49,6 +49,25 @@ def assignment_limits(notebooks: Iterable[NotebookNode]) -> tuple[int, int]:
     return cell, notebook
 
 
+def assignment_memory(notebooks: Iterable[NotebookNode]) -> int | None:
+    """Bytes of memory per grading kernel that an assignment's notebooks ask for, or None for the default.
+
+    A notebook that trains a real model (ex07 fine-tunes SmolLM2) asks in its metadata,
+    ``"llmcourse": {"memory_gib": 4}``: the kernel's memory cgroup gets that much, and its
+    address-space limit twice as much. Like the timeouts, it is read from the instructor's source
+    notebooks only, and the largest request counts.
+    """
+    asked_bytes = None
+    for nb in notebooks:
+        value = nb.metadata.get("llmcourse", {}).get("memory_gib")
+        if value is None:
+            continue
+        if type(value) not in (int, float) or not 0 < value <= 64:
+            raise ValueError(f"notebook metadata llmcourse.memory_gib must be a number of GiB in (0, 64], got {value!r}")
+        asked_bytes = max(asked_bytes or 0, int(value * 2**30))
+    return asked_bytes
+
+
 def exchange_root() -> Path:
     """nbgrader's exchange folder, in the course's cache (nbgrader's default, /srv, is not writable)."""
     return cache_dir() / "nbgrader-exchange"
@@ -76,6 +95,6 @@ def apply_grading_settings(c: Config) -> Config:
 
 __all__ = [
     "CELL_TIMEOUT_S", "EXERCISES_DIR", "GRADER_KERNEL", "MAX_OUTPUT_CHARS", "NOTEBOOK_TIMEOUT_S", "OUTPUTS_TIMEOUT_S",
-    "PRIVATE_CACHE_FOLDERS", "REPO_ROOT", "SOLUTIONS_DIR", "apply_grading_settings", "assignment_limits",
+    "PRIVATE_CACHE_FOLDERS", "REPO_ROOT", "SOLUTIONS_DIR", "apply_grading_settings", "assignment_limits", "assignment_memory",
     "exchange_root", "grading_results_dir",
 ]

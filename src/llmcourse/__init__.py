@@ -23,7 +23,8 @@ One idea per module, in the order the book reads them:
   with citations, scored), ``metrics`` (perplexity, distinct-n, classification scores; BLEU
   and ROUGE, written in ``bleu`` and ``rouge``), ``judge`` (a model as judge, and its
   position bias), ``quantization`` (GGUF block formats by hand);
-- around them: ``models`` (the models available offline, and the course's own), ``plots``
+- around them: ``models`` (the models available offline, and the course's own, cached),
+  ``recipes`` (how the course's own small models are trained), ``plots``
   (figures and tables), ``grading`` (auto-grading of the exercises in a sandbox), ``book``
   (building the book offline) and ``cli`` (the ``llmcourse`` command).
 """

@@ -5,6 +5,8 @@ SmolLM2's weights reach ``llmcourse.llama.LlamaDecoder`` by name (``LlamaDecoder
 or from its GGUF file: ``read_gguf_llama`` reads the file with ``llmcourse.quantization.read_gguf``,
 dequantises every tensor, renames it (``gguf_to_llama_name``) and undoes llama.cpp's row order in the
 query and key projections (``unpermute_rope_rows``); ``llama_config_from_gguf`` gives the shape.
+``save_transformers_llama_from_gguf`` turns the same file into a plain Transformers folder (float32
+safetensors and the tokenizer), which ``llmcourse.models.load_smollm2`` caches.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from llmcourse.llama import LlamaConfig
 from llmcourse.quantization import read_gguf
 from llmcourse.transformer import GPT, GPTConfig
 
-__all__ = ["gpt_from_hf_gpt2", "llama_config_from_gguf", "gguf_to_llama_name", "unpermute_rope_rows", "read_gguf_llama"]
+__all__ = ["gpt_from_hf_gpt2", "llama_config_from_gguf", "gguf_to_llama_name", "unpermute_rope_rows", "read_gguf_llama",
+           "save_transformers_llama_from_gguf"]
 
 
 def gpt_from_hf_gpt2(source: nn.Module | Mapping[str, Tensor], n_heads: int | None = None) -> GPT:
@@ -164,3 +167,34 @@ def read_gguf_llama(path: str | os.PathLike[str] | None = None,
             weight = unpermute_rope_rows(weight, config.n_kv_heads)
         state[gguf_to_llama_name(name)] = weight.contiguous()
     return state, gguf.metadata
+
+
+def save_transformers_llama_from_gguf(gguf_file: str | os.PathLike[str], folder: str | os.PathLike[str],
+                                      name_or_path: str, progress: bool = False) -> None:
+    """Write a GGUF Llama as a Transformers folder: float32 weights (``save_pretrained``) and its tokenizer.
+
+    Transformers reads the GGUF file itself (de-quantising every tensor) but will not save a model it
+    loaded that way, so the weights are copied into a plain ``LlamaForCausalLM`` of the same config.
+    ``name_or_path`` is recorded in the saved config as the model's origin.
+    """
+    from pathlib import Path
+
+    from transformers import AutoTokenizer, LlamaForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    gguf_file = Path(gguf_file)
+    (hf_logging.enable_progress_bar if progress else hf_logging.disable_progress_bar)()
+    try:
+        quantized = LlamaForCausalLM.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name,
+                                                     dtype=torch.float32, local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name, local_files_only=True)
+    finally:
+        hf_logging.disable_progress_bar()
+    config = quantized.config
+    del config.quantization_config
+    config.name_or_path = name_or_path
+    plain = LlamaForCausalLM(config)
+    plain.load_state_dict(quantized.state_dict())
+    plain.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)

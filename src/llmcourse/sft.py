@@ -37,7 +37,7 @@ from llmcourse.objectives import IGNORE_INDEX, Batch, causal_lm_loss
 _T = TypeVar("_T")
 
 __all__ = ["LLAMA_ATTENTION", "LLAMA_ALL_LINEAR", "pad_batch", "sft_loss", "shuffled_batches", "sft_batches", "add_lora",
-           "sequence_logprobs", "answer_logprobs", "choose_answer"]
+           "sequence_logprobs", "answer_logprobs", "choose_answers"]
 
 #: LoRA targets: the query and value projections (the LoRA paper's choice), or every linear layer.
 LLAMA_ATTENTION = ("q_proj", "v_proj")
@@ -122,10 +122,18 @@ def sequence_logprobs(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
     return totals.index_add(0, rows, token_logprobs), picked.sum(dim=1)
 
 
+def _last_turn_start(labels: Sequence[int]) -> int:
+    """Where the last run of labelled tokens (the final assistant turn) begins."""
+    start = len(labels)
+    while start > 0 and labels[start - 1] != IGNORE_INDEX:
+        start -= 1
+    return start
+
+
 @torch.no_grad()
 def answer_logprobs(
     model: nn.Module, tokenizer: Any, questions: Sequence[Sequence[Mapping[str, str]]], answers: Sequence[str],
-    default_system: str | None = SMOLLM2_SYSTEM_PROMPT, batch_size: int = 32,
+    default_system: str | None = SMOLLM2_SYSTEM_PROMPT, batch_size: int = 32, share_prefix: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """Log-probability of each of ``answers`` as the assistant's reply to each conversation in ``questions``.
 
@@ -137,12 +145,16 @@ def answer_logprobs(
     ``batch_size``), their keys and values cached, and every answer continues from that cache
     (``KVCache.truncate`` rewinds it between answers), about half the work of scoring each
     prompt-and-answer row from scratch. ``model`` needs ``new_cache`` (``LlamaDecoder`` has it).
+
+    With ``share_prefix`` the tokens that every prompt begins with (a few-shot prompt's examples, say)
+    are read once, and each batch starts from a copy of their cache (``KVCache.repeat_prefix``): the
+    same scores up to rounding, for the cost of the questions alone.
     """
     prompts: list[list[int]] = []
     answer_ids: list[list[int]] = []
     for question in questions:
         rows = [chat_tokens(tokenizer, [*question, {"role": "assistant", "content": a}], default_system) for a in answers]
-        starts = [next(i for i, label in enumerate(row.labels) if label != IGNORE_INDEX) for row in rows]
+        starts = [_last_turn_start(row.labels) for row in rows]  # earlier assistant turns (shots) are prompt
         prompts.append(rows[0].input_ids[:starts[0]])
         answer_ids = [row.input_ids[start:] for row, start in zip(rows, starts)]  # the same for every question
     device = next(model.parameters()).device
@@ -151,11 +163,20 @@ def answer_logprobs(
     for i, prompt in enumerate(prompts):
         by_length.setdefault(len(prompt), []).append(i)
     longest_answer = max(len(ids) for ids in answer_ids)
+    shared, prefix = 0, None
+    if share_prefix:  # every prompt keeps at least its last token to read, whose output scores the answers
+        shared = min(len(p) for p in prompts) - 1
+        for p in prompts:
+            shared = next((i for i in range(shared) if p[i] != prompts[0][i]), shared)
+        if shared:
+            prefix = model.new_cache(1, shared)
+            model(torch.tensor([prompts[0][:shared]], device=device), cache=prefix, last_only=True)
     for length, members in by_length.items():
         for start in range(0, len(members), batch_size):
             chunk = members[start:start + batch_size]
-            cache = model.new_cache(len(chunk), length + longest_answer)
-            ids = torch.tensor([prompts[i] for i in chunk], device=device)  # (G, L)
+            room = length + longest_answer
+            cache = prefix.repeat_prefix(len(chunk), room) if prefix is not None else model.new_cache(len(chunk), room)
+            ids = torch.tensor([prompts[i][shared:] for i in chunk], device=device)  # (G, L - shared)
             after_prompt = F.log_softmax(model(ids, cache=cache, last_only=True)[:, -1].float(), dim=-1)  # (G, V)
             for a, tokens in enumerate(answer_ids):
                 cache.truncate(length)
@@ -172,7 +193,8 @@ def answer_logprobs(
 def choose_answers(
     model: nn.Module, tokenizer: Any, questions: Sequence[Sequence[Mapping[str, str]]], answers: Sequence[str],
     default_system: str | None = SMOLLM2_SYSTEM_PROMPT, normalize: bool = False, batch_size: int = 32,
+    share_prefix: bool = False,
 ) -> list[int]:
     """For each conversation, the index of the most likely of ``answers`` (per token when ``normalize``)."""
-    logprobs, lengths = answer_logprobs(model, tokenizer, questions, answers, default_system, batch_size)
+    logprobs, lengths = answer_logprobs(model, tokenizer, questions, answers, default_system, batch_size, share_prefix)
     return (logprobs / lengths if normalize else logprobs).argmax(dim=1).tolist()

@@ -79,7 +79,7 @@ ALLOWED: dict[tuple[str, str], str] = {
     ("chapters/appendix/learner_guide.md", "at most **60 s per cell**, **5 minutes per notebook**"):
         "setting: the limits a submission runs under",
     ("chapters/exercises.md", "Each cell may run for 60 seconds."): "setting: the grader's cell timeout",
-    ("chapters/05_applications/07_outlook.ipynb", "Whisper turns 30-second spectrograms"):
+    ("chapters/05_applications/08_outlook.ipynb", "Whisper turns 30-second spectrograms"):
         "property of data: the length of Whisper's audio windows",
 }
 

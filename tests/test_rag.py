@@ -20,7 +20,7 @@ def test_questions_have_one_right_answer(documents):
     assert len(questions) == 50 and len({q.document for q in questions}) == 50
     for question in questions:
         line = question.text.removeprefix("Who says '").removesuffix("'?")
-        assert len(line.split()) >= 8 and line in question.document.text
+        assert line == question.line and len(line.split()) >= 8 and line in question.document.text
         holders = [d for d in documents if line in d.text]
         assert {d.speaker for d in holders} == {question.answer}
     assert rag.who_says_questions(documents, 50, seed=1) == questions  # the seed fixes the draw
@@ -73,3 +73,40 @@ def test_scores_by_hand(documents):
     assert closed.exact_match == 0.5 and math.isnan(closed.citation_accuracy)
     with pytest.raises(ValueError, match="one reply"):
         rag.score_replies(replies[:2], questions)
+
+
+def test_locate_asks_for_the_passage_with_the_line(documents):
+    question = rag.who_says_questions(documents, 1, seed=3)[0]
+    shown = [documents[0], question.document, documents[1]]
+    prompt = rag.locate_messages(question, shown)[0]["content"]
+    for number, document in enumerate(shown, start=1):
+        assert f"[{number}] {document.speaker}," in prompt and document.text in prompt
+    assert "[4]" not in prompt and f"'{question.line}'" in prompt and prompt.endswith("number only.")
+    assert rag.passage_options(3) == ["1", "2", "3"]
+    assert rag.reply_from_choice(1, shown) == rag.Reply(question.answer, [2], False)
+    with pytest.raises(ValueError, match="no passages"):
+        rag.locate_messages(question, [])
+    with pytest.raises(ValueError, match="quotes no line"):
+        rag.locate_messages(rag.Question("q", "HAMLET", documents[0]), shown)
+    with pytest.raises(ValueError, match="not one of the 3"):
+        rag.reply_from_choice(3, shown)
+    with pytest.raises(ValueError, match="at least one"):
+        rag.passage_options(0)
+
+
+def test_verify_keeps_only_replies_whose_source_holds_the_line(documents):
+    question = rag.who_says_questions(documents, 1, seed=4)[0]
+    other = next(d for d in documents if question.line not in d.text and d.speaker != question.answer)
+    shown = [other, question.document]
+    declined = rag.Reply(rag.UNKNOWN, [], True)
+    right = rag.Reply(question.answer, [2], False)
+    assert rag.verify(right, question, shown) == right
+    # the right name with the wrong source, a wrong name from the wrong source, a number not shown, no citation
+    for reply in (rag.Reply(question.answer, [1], False), rag.Reply(other.speaker, [1], False),
+                  rag.Reply(question.answer, [3], False), rag.Reply(question.answer, [], False)):
+        assert rag.verify(reply, question, shown) == declined
+    # a citation list that includes the right source is kept; a declined reply stays declined
+    assert rag.verify(rag.Reply(question.answer, [1, 2], False), question, shown).citations == [1, 2]
+    assert rag.verify(declined, question, shown) == declined
+    scores = rag.score_replies([rag.verify(rag.Reply(other.speaker, [1], False), question, shown)], [question], [shown])
+    assert scores.confident_wrong == 0 and scores.declined == 1

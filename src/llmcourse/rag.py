@@ -11,6 +11,13 @@ answer is checked by exact match after normalisation (``normalize``), and a cita
 when the cited passage is a speech of that speaker. ``score_replies`` gives exact match, citation
 accuracy, the share of replies that decline to answer, and the share that answer wrongly without
 declining: **confident wrong answers**, the hallucinations retrieval is meant to cut.
+
+A small model may not follow the instruction to write "NAME [n]". It can still be asked the
+reading question as a choice, the way evaluation harnesses ask multiple choice: which numbered
+passage has the quoted line? ``locate_messages`` asks it, ``passage_options`` lists the answers to
+score (``llmcourse.sft.choose_answers``), and ``reply_from_choice`` turns the chosen number into
+the reply it stands for: that passage's speaker, citing it. A citation makes an answer checkable:
+``verify`` keeps a reply only when the passage it cites holds the quoted line, and declines otherwise.
 """
 
 from __future__ import annotations
@@ -18,14 +25,14 @@ from __future__ import annotations
 import random
 import re
 import string
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import NamedTuple
 
 from llmcourse import data
 from llmcourse.retrieval import Document
 
-__all__ = ["Question", "who_says_questions", "normalize", "rag_messages", "Reply", "parse_reply", "RagScores",
-           "score_replies"]
+__all__ = ["Question", "who_says_questions", "normalize", "rag_messages", "Reply", "parse_reply", "locate_messages",
+           "passage_options", "reply_from_choice", "verify", "RagScores", "score_replies"]
 
 #: What a reply says when it does not know; ``parse_reply`` treats it as declining to answer.
 UNKNOWN = "unknown"
@@ -35,11 +42,12 @@ _CLOSED_BOOK = "Answer with the name of the character only. If you do not know, 
 
 
 class Question(NamedTuple):
-    """A question, its answer, and the document (a speech) that holds the answer."""
+    """A question, its answer, the document (a speech) that holds the answer, and the line it quotes."""
 
     text: str
     answer: str  # the speaker, as the corpus writes it (e.g. "HAMLET")
     document: Document
+    line: str = ""  # the quoted line, as it stands in the document
 
 
 def who_says_questions(documents: Sequence[Document], n: int, seed: int = 0, min_words: int = 8) -> list[Question]:
@@ -61,7 +69,7 @@ def who_says_questions(documents: Sequence[Document], n: int, seed: int = 0, min
         usable = [line for line in lines if len(line.split()) >= min_words and counts[line] == 1]
         if usable:
             line = rng.choice(usable).rstrip(",;:")
-            questions.append(Question(f"Who says '{line}'?", documents[i].speaker, documents[i]))
+            questions.append(Question(f"Who says '{line}'?", documents[i].speaker, documents[i], line))
             if len(questions) == n:
                 return questions
     raise ValueError(f"these documents give only {len(questions)} questions with lines of {min_words}+ words, not {n}")
@@ -104,6 +112,45 @@ def parse_reply(text: str) -> Reply:
     return Reply(answer, citations, normalize(answer) in {"", UNKNOWN, "i dont know"})
 
 
+def locate_messages(question: Question, passages: Sequence[Document]) -> list[dict[str, str]]:
+    """The user turn that shows the numbered passages and asks which one has the question's line."""
+    if not passages:
+        raise ValueError("no passages to choose from")
+    if not question.line:
+        raise ValueError("the question quotes no line (build it with who_says_questions)")
+    quoted = "\n\n".join(_passage(i + 1, document) for i, document in enumerate(passages))
+    return [{"role": "user", "content": f"Passages from Shakespeare's plays:\n\n{quoted}\n\n"
+                                        f"Which passage has the line '{question.line}'? Answer with its number only."}]
+
+
+def passage_options(k: int) -> list[str]:
+    """The answers "1" to "k" that ``locate_messages`` allows, to score as options."""
+    if k < 1:
+        raise ValueError(f"need at least one passage, got {k}")
+    return [str(number) for number in range(1, k + 1)]
+
+
+def reply_from_choice(choice: int, passages: Sequence[Document]) -> Reply:
+    """The reply that choosing option ``choice`` (0-based, as ``choose_answers`` returns) stands for."""
+    if not 0 <= choice < len(passages):
+        raise ValueError(f"choice {choice} is not one of the {len(passages)} passages")
+    return Reply(passages[choice].speaker, [choice + 1], False)
+
+
+def verify(reply: Reply, question: Question, passages: Sequence[Document]) -> Reply:
+    """``reply`` if it cites a shown passage that holds the question's line, else a reply that declines.
+
+    The check reads the passages, not the model: an answer whose source does not say what was
+    asked about is withheld, whatever the model's confidence.
+    """
+    if reply.declined:
+        return reply
+    cited = [passages[n - 1] for n in reply.citations if 1 <= n <= len(passages)]
+    if question.line and any(question.line in document.text for document in cited):
+        return reply
+    return Reply(UNKNOWN, [], True)
+
+
 class RagScores(NamedTuple):
     exact_match: float  # share of questions answered right
     citation_accuracy: float  # share of cited passages that are the answer's speaker's (nan when none cites)
@@ -125,9 +172,9 @@ def score_replies(replies: Sequence[Reply], questions: Sequence[Question],
         right += correct
         declined += reply.declined
         wrong += not reply.declined and not correct
+        shown = passages[i] if passages is not None else []
         for number in reply.citations if passages is not None else []:
             cited += 1
-            shown: Mapping[int, Document] = dict(enumerate(passages[i], start=1))  # type: ignore[index]
-            cited_right += number in shown and normalize(shown[number].speaker) == normalize(question.answer)
+            cited_right += 1 <= number <= len(shown) and normalize(shown[number - 1].speaker) == normalize(question.answer)
     n = len(questions)
     return RagScores(right / n, cited_right / cited if cited else float("nan"), declined / n, wrong / n, n)

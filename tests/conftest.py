@@ -28,6 +28,57 @@ def _share_the_cores() -> None:
 _share_the_cores()
 
 
+def _start_nbval_kernels_safely() -> None:
+    """nbval's kernels on Unix sockets, started up to three times, with the reason when one dies.
+
+    nbval starts each notebook's kernel on five TCP ports that jupyter_client picks by binding port 0 and
+    letting it go; another process can take one of them before the kernel binds it, and the kernel then
+    exits ("Kernel died before replying to kernel_info"). That happened once in CI, with two workers and
+    the grader's kernels starting beside each other, and failed a whole notebook. Unix sockets in a folder
+    of the kernel's own cannot collide (the grader's kernels use them too), and nbval sends the kernel's
+    stderr to /dev/null, so a start that still fails is retried and its stderr is shown.
+    """
+    try:
+        from jupyter_client import KernelManager
+        from nbval import kernel as nbval_kernel
+    except ImportError:  # nbval missing: nothing runs notebooks
+        return
+    import atexit
+    import shutil
+    import tempfile
+    import warnings
+
+    sockets = tempfile.mkdtemp(prefix="nbval-kernels-")
+    atexit.register(shutil.rmtree, sockets, True)
+
+    def start_new_kernel(startup_timeout: float = 60, kernel_name: str = "python", **kwargs):
+        kwargs.pop("stderr", None)
+        for attempt in range(1, 4):
+            stderr = tempfile.TemporaryFile()
+            manager = KernelManager(kernel_name=kernel_name, kernel_spec_manager=nbval_kernel.NbvalKernelspecManager(),
+                                    transport="ipc", ip=tempfile.mktemp(dir=sockets, prefix="k"))
+            manager.start_kernel(stderr=stderr, **kwargs)
+            client = manager.client()
+            client.start_channels()
+            try:
+                client.wait_for_ready(timeout=startup_timeout)
+                return manager, client
+            except RuntimeError as error:
+                client.stop_channels()
+                manager.shutdown_kernel(now=True)
+                stderr.seek(0)
+                said = stderr.read()[-3000:].decode(errors="replace").strip() or "(nothing on stderr)"
+                if attempt == 3:
+                    raise RuntimeError(f"{error} (3 tries); the kernel's stderr:\n{said}") from error
+                warnings.warn(f"a notebook kernel did not start ({error}), trying again; its stderr: {said}")
+        raise AssertionError("unreachable")
+
+    nbval_kernel.start_new_kernel = start_new_kernel
+
+
+_start_nbval_kernels_safely()
+
+
 import pytest  # noqa: E402
 
 

@@ -31,3 +31,30 @@ def test_budget_report_flags_slow_and_unlisted_modules() -> None:
     lines, over = budget_report(seconds, budget, top=3)
     assert len(lines) == 4 and lines[1].split()[-1] == "a.ipynb" and f"{149 / 227:.1%}" in lines[1]
     assert [line.split(":")[0] for line in over] == ["b.py", "c.py"]
+
+
+def test_notebook_kernels_use_unix_sockets_and_report_a_kernel_that_dies(tmp_path, monkeypatch) -> None:
+    import json
+    import sys
+
+    import pytest
+    from nbval import kernel
+
+    started = kernel.RunningKernel("python3")
+    try:
+        assert started.km.transport == "ipc"  # no TCP port for another process to take first
+        reply = started.kc.execute_interactive("x = 6 * 7", timeout=30)
+        assert reply["content"]["status"] == "ok"
+    finally:
+        started.kc.stop_channels()
+        started.km.shutdown_kernel(now=True)
+
+    spec = tmp_path / "kernels" / "dies"  # a kernel that writes a reason and exits at once
+    spec.mkdir(parents=True)
+    argv = [sys.executable, "-c", "import sys; sys.stderr.write('no room at the inn'); sys.exit(3)"]
+    (spec / "kernel.json").write_text(json.dumps({"argv": argv + ["{connection_file}"], "display_name": "dies",
+                                                  "language": "python"}))
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path))
+    with pytest.warns(UserWarning, match="no room at the inn"), \
+            pytest.raises(RuntimeError, match=r"(?s)3 tries.*no room at the inn"):
+        kernel.RunningKernel("dies", startup_timeout=20)

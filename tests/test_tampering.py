@@ -430,15 +430,90 @@ def test_payload_keeps_ipython_syntax_the_last_expression_and_the_line_numbers()
     assert "Cell In[7], line 3" in text and "assert x == 2" in text and "b64decode" not in text
 
 
-def test_a_figure_is_kept_and_a_flood_of_text_is_not() -> None:
-    from nbformat.v4 import new_code_cell, new_output
+def _arrive(cap, outs, *outputs, cell=0, display_id=False):
+    """What nbclient does with each output message (append it), then the grader's cap."""
+    for out in outputs:
+        outs.append(out)
+        cap.admit(outs, out, cell, has_display_id=display_id)
+    return outs
 
-    from llmcourse.grading.executor import MAX_OUTPUT_CHARS, limit_outputs
+
+def _total(outs) -> int:
+    from llmcourse.grading.outputs import output_size
+
+    return sum(output_size(out) for out in outs)
+
+
+def test_a_figure_is_kept_and_a_flood_of_text_is_not() -> None:
+    from nbformat.v4 import new_output
+
+    from llmcourse.grading.outputs import OutputCap
 
     png = "iVBORw0KGgo" + "A" * 60_000  # a plot's size in a notebook: three times the text cap, encoded
-    figure = new_code_cell("plt.show()", outputs=[new_output("display_data", data={"image/png": png})])
-    assert not limit_outputs(figure) and figure.outputs[0].data["image/png"] == png
-    flood = new_code_cell("print(s)", outputs=[new_output("stream", name="stdout", text="x" * 60_000)])
-    assert limit_outputs(flood) and len(flood.outputs[0].text) < MAX_OUTPUT_CHARS + 200
-    posters = new_code_cell("show()", outputs=[new_output("display_data", data={"image/png": png * 20})])
-    assert limit_outputs(posters) and "image/png" not in posters.outputs[0].data
+    cap = OutputCap(20_000)
+    figure = _arrive(cap, [], new_output("display_data", data={"image/png": png}))
+    assert figure[0].data["image/png"] == png and 0 not in cap.cut
+    cap = OutputCap(20_000)
+    flood = _arrive(cap, [], new_output("stream", name="stdout", text="x" * 60_000))
+    assert 0 in cap.cut and 20_000 <= len(flood[0].text) < 20_200 and "truncated by the grader" in flood[0].text
+    cap = OutputCap(20_000)
+    posters = _arrive(cap, [], new_output("display_data", data={"image/png": png * 20}))
+    assert "image/png" not in posters[0].get("data", {}) and "truncated by the grader" in posters[0].text
+
+
+def test_many_small_outputs_stay_within_the_cap_and_the_note_comes_once() -> None:
+    from nbformat.v4 import new_output
+
+    from llmcourse.grading.outputs import OutputCap
+
+    cap = OutputCap(1_000)
+    outs = _arrive(cap, [], *(new_output("stream", name="stdout", text=f"{i} {'y' * 50}\n") for i in range(10_000)))
+    assert _total(outs) <= 1_000 + 200 and len(outs) < 30  # dropped, not kept as thousands of empty outputs
+    assert sum("truncated by the grader" in out.text for out in outs) == 1
+    other = _arrive(cap, [], new_output("stream", name="stdout", text="fine"), cell=1)  # another cell: its own room
+    assert other[0].text == "fine" and 1 not in cap.cut
+
+
+def test_an_error_past_the_cap_is_kept_shortened_and_only_once() -> None:
+    from nbformat.v4 import new_output
+
+    from llmcourse.grading.outputs import OutputCap
+
+    cap = OutputCap(1_000)
+    error = new_output("error", ename="ValueError", evalue="v" * 1_000_000, traceback=["line " * 1_000] * 5_000)
+    outs = _arrive(cap, [], new_output("stream", name="stdout", text="x" * 5_000), error,
+                   new_output("error", ename="ValueError", evalue="again", traceback=["t"] * 10))
+    errors = [out for out in outs if out.output_type == "error"]
+    assert len(errors) == 1 and errors[0].ename == "ValueError"  # nbgrader still sees the cell fail
+    assert _total(outs) < 20_000 and len(errors[0].traceback) <= 20
+
+
+def test_clear_output_gives_the_cell_its_room_back() -> None:
+    from nbformat.v4 import new_output
+
+    from llmcourse.grading.outputs import OutputCap
+
+    cap = OutputCap(1_000)
+    outs = _arrive(cap, [], new_output("stream", name="stdout", text="x" * 900))
+    outs[:] = []  # what nbclient does on clear_output
+    _arrive(cap, outs, new_output("stream", name="stdout", text="y" * 900))
+    assert outs[0].text == "y" * 900
+
+
+def test_display_updates_count_against_the_cap() -> None:
+    from nbformat.v4 import new_output
+
+    from llmcourse.grading.outputs import OutputCap
+
+    cap = OutputCap(1_000)
+    outs = _arrive(cap, [], *(new_output("display_data", data={"text/plain": "small"}) for _ in range(3)), display_id=True)
+    cap.replace(outs[0], {"text/plain": "z" * 500}, {}, 0)  # fits: kept
+    assert outs[0].data["text/plain"] == "z" * 500
+    for _ in range(100):  # the same two updated again and again, each time with more than the room left
+        for out in outs[1:]:
+            cap.replace(out, {"text/plain": "z" * 800}, {}, 0)
+    assert _total(outs) <= 1_200 and 0 in cap.cut
+    assert all("truncated by the grader" in out.data["text/plain"] for out in outs[1:])
+    full = _arrive(OutputCap(10), [], new_output("display_data", data={"text/plain": "w" * 50}),
+                   new_output("display_data", data={"text/plain": "w"}), display_id=True)
+    assert len(full) == 2 and full[1].text == ""  # past the cap but a display id points here: kept, empty

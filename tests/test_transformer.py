@@ -259,9 +259,15 @@ def small_gpt(**overrides) -> GPT:
 def test_gpt_ties_its_output_layer_to_the_embedding() -> None:
     model = small_gpt()
     assert model.lm_head.weight is model.token_embedding.weight
-    # counted once: embeddings 23*16 + 12*16, two blocks, final norm; no separate head matrix
-    block = sum(p.numel() for p in model.blocks[0].parameters())
+    # counted once, as Transformers counts GPT-2 of the same shape: embeddings 23*16 + 12*16, two blocks,
+    # the final norm, no separate head matrix. A block by hand: two norms, attention's four 16 x 16
+    # projections with biases, the feed-forward 16 -> 64 -> 16.
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    block = 2 * 32 + 4 * (16 * 16 + 16) + (16 * 64 + 64) + (64 * 16 + 16)
     assert model.num_parameters() == 23 * 16 + 12 * 16 + 2 * block + 2 * 16
+    hf = GPT2LMHeadModel(GPT2Config(vocab_size=23, n_positions=12, n_embd=16, n_layer=2, n_head=2))
+    assert model.num_parameters() == hf.num_parameters()
     assert model.num_parameters(non_embedding=True) == 2 * block + 2 * 16
     untied = small_gpt(tie_weights=False)
     assert untied.num_parameters() == model.num_parameters() + 23 * 16

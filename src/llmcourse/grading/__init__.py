@@ -8,6 +8,7 @@ functions; see ``llmcourse.cli``. The modules, from the leaf up:
 - ``notebooks``: reading notebooks and their nbgrader cells; ``sandbox``: the kernel's sandbox and
   its limits, with ``cgroups`` (memory and processes, v1 or v2); ``kernel_wrapper``: the script that
   starts a kernel inside it;
+- ``outputs``: the one limit on what a cell may print, applied as each output arrives;
 - ``executor``: running a notebook's cells in that kernel, with the checks against tampering;
   ``config``: the nbgrader configuration of a grading course; ``course``: such a course;
 - ``results``: what grading produces (and the CSV); ``submissions``: finding them; ``grader``:

@@ -8,7 +8,8 @@
 - when the kernel dies (``os._exit``, a signal, the memory cgroup) or stops answering, the
   cells already run keep their results and the rest fail, instead of nbgrader dropping the
   whole submission: the learner gets the marks earned before it happened;
-- truncates enormous outputs before they reach the gradebook or a feedback page;
+- keeps at most ``max_output_chars`` of each cell's output as it arrives (``outputs.OutputCap``), so
+  enormous outputs never reach the grader's memory, the gradebook or a feedback page;
 - records, per notebook, what stopped it (``STOPS``) and every cell interrupted at a limit, cut at
   the output cap or killed with the kernel (``WARNINGS``); ``autograde.grade_submission`` reads both.
 
@@ -39,7 +40,6 @@ from __future__ import annotations
 
 import ast
 import base64
-import json
 import math
 import random
 import re
@@ -55,15 +55,14 @@ from jupyter_client.manager import AsyncKernelManager
 from jupyter_core.utils import ensure_async, run_sync
 from nbclient.exceptions import CellTimeoutError, DeadKernelError
 from nbformat import NotebookNode
+from nbformat.v4 import output_from_msg
 from nbgrader.preprocessors import Execute
 from traitlets import Float, Integer, Unicode, default
 
 from .notebooks import nbgrader_meta
+from .outputs import OutputCap
 from .sandbox import KernelRun, KernelSandbox
 from .settings import MAX_OUTPUT_CHARS, NOTEBOOK_TIMEOUT_S
-
-IMAGE_WEIGHT = 25  # an image's encoded characters count this much less against MAX_OUTPUT_CHARS
-TRUNCATED = "\n[... output truncated by the grader: more than {limit} characters ...]\n"
 
 SANDBOXES: dict[str, KernelSandbox] = {}  # course root -> its sandbox (set by GradingCourse)
 STOPS: dict[str, str] = {}  # notebook folder being graded -> why its run stopped early
@@ -88,53 +87,6 @@ class GraderKernelManager(AsyncKernelManager):
         if not self.kernels_dir:
             return KernelSpecManager(parent=self)
         return KernelSpecManager(parent=self, kernel_dirs=[self.kernels_dir], ensure_native_kernel=False)
-
-
-def _size(output: NotebookNode) -> int:
-    kind = output.get("output_type")
-    if kind == "stream":
-        return len(output.get("text", ""))
-    if kind == "error":
-        return len(str(output.get("evalue", ""))) + sum(len(line) for line in output.get("traceback", []))
-    # A figure counts a 25th of its encoded length: a few plots fit (about 500 kB of images per cell),
-    # so a learner's plot is kept on the feedback page and is no reason for a warning.
-    data = output.get("data", {})
-    return (sum(len(json.dumps(value)) // (IMAGE_WEIGHT if kind.startswith("image/") else 1)
-                for kind, value in data.items())
-            + len(json.dumps(output.get("metadata", {}))))
-
-
-def _cut(text: Any, limit: int) -> str:
-    text = "".join(text) if isinstance(text, list) else str(text)
-    return text if len(text) <= limit else text[:limit] + TRUNCATED.format(limit=limit)
-
-
-def limit_outputs(cell: NotebookNode, limit: int = MAX_OUTPUT_CHARS) -> bool:
-    """Shrink the outputs of ``cell`` to about ``limit`` characters in all; return True if it cut any."""
-    budget, cut = limit, False
-    kept = []
-    for output in cell.get("outputs", []):
-        size = _size(output)
-        kind = output.get("output_type")
-        if size <= budget:
-            kept.append(output)
-            budget -= size
-            continue
-        cut = True
-        room = max(budget, 200)
-        if kind == "stream":
-            output["text"] = _cut(output.get("text", ""), room)
-        elif kind == "error":  # keep the error (it decides the grade), shortened
-            output["evalue"] = _cut(output.get("evalue", ""), min(room, 2000))
-            lines = [_cut(line, 500) for line in output.get("traceback", [])[-20:]]
-            output["traceback"] = lines
-        else:
-            output["data"] = {"text/plain": TRUNCATED.format(limit=limit).strip()}
-            output["metadata"] = {}
-        kept.append(output)
-        budget = max(0, budget - _size(output))
-    cell["outputs"] = kept
-    return cut
 
 
 def _is_test(cell: NotebookNode) -> bool:
@@ -307,9 +259,9 @@ class GraderExecute(Execute):
         self._stopped: str | None = None
         self._run: KernelRun | None = None
         self._sandbox: KernelSandbox | None = None
-        self._output_chars: dict[int, int] = {}
+        self._cap = OutputCap(self.max_output_chars)
+        self._wire: tuple[str, str] | None = None  # the payload name and source of the test running now
         self._warnings: list[str] = []
-        self._truncated: set[int] = set()
         self._rng = random.SystemRandom()
         self._tails: list[str] = []
         self._tests: dict[int, str | None] = {}
@@ -322,9 +274,9 @@ class GraderExecute(Execute):
         self._cell_limit = int(self.timeout or 0) or 10**9
         self._deadline = time.monotonic() + self.notebook_timeout
         self._stopped = None
-        self._output_chars = {}
+        self._cap = OutputCap(self.max_output_chars)
         self._warnings = []
-        self._truncated = set()
+        self.store_widget_state = False  # see on_comm_open_jupyter_widget
         self._checked = False
         self._tests = {i: prepare_test(cell.source) for i, cell in enumerate(nb.cells) if _is_test(cell)}
         self._tails = [text for text in self._tests.values() if text is not None and _compiles("_ = 0\n" + text)]
@@ -413,14 +365,12 @@ class GraderExecute(Execute):
             name = payload_name(self._rng)
             if test is not None:
                 cell.source = wire_cell(test + _padding(self._rng, 400), name)
+                self._wire = (name, test)  # output() rewrites the test's traceback as it arrives
             try:
                 cell, _ = super().preprocess_cell(cell, resources, index)
             finally:
                 cell.source = original
-            if test is not None:
-                for output in cell.get("outputs", []):
-                    if output.get("output_type") == "error":
-                        rewrite_traceback(output, name, test, cell.get("execution_count"))
+                self._wire = None
             if _is_test(cell):
                 held = self._bracket(self._count())
                 if not held:
@@ -448,30 +398,48 @@ class GraderExecute(Execute):
             elif timed_out:
                 self._warn(f"{where}: interrupted at the time limit of {self.timeout} s per cell")
         finally:
-            if limit_outputs(cell, self.max_output_chars) or index in self._truncated:
+            if index in self._cap.cut:
                 self._warn(f"{where}: output truncated at {self.max_output_chars} characters")
         return cell, self.resources
 
     def output(self, outs: list[NotebookNode], msg: dict[str, Any], display_id: str | None,
                cell_index: int) -> NotebookNode | None:
-        """Keep at most ``max_output_chars`` of a cell's output as it arrives (the rest is dropped)."""
+        """nbclient's handling of one output message, then the output cap (``outputs.OutputCap.admit``).
+
+        A test's error is first rewritten to point at the test's own lines (``rewrite_traceback``).
+        """
         out = super().output(outs, msg, display_id, cell_index)
-        if out is None:
-            return None
-        used = self._output_chars.get(cell_index, 0)
-        size = _size(out)
-        self._output_chars[cell_index] = used + size
-        if used + size > self.max_output_chars and out.get("output_type") != "error":
-            self._truncated.add(cell_index)
-            # Replace in place (indexes of display ids stay valid): a note the first time, then nothing.
-            note = TRUNCATED.format(limit=self.max_output_chars) if used <= self.max_output_chars else ""
-            if out.get("output_type") == "stream" and used < self.max_output_chars:
-                note = _cut(out.get("text", ""), self.max_output_chars - used) if note else ""
-            replacement = NotebookNode(output_type="stream", name="stdout", text=note)
-            if outs and outs[-1] is out:
-                outs[-1] = replacement
-                return replacement
-        return out
+        if out is None or not outs or outs[-1] is not out:
+            return out
+        if self._wire is not None and out.get("output_type") == "error":  # before it is measured
+            rewrite_traceback(out, *self._wire, self.nb.cells[cell_index].get("execution_count"))
+        return self._cap.admit(outs, out, cell_index, has_display_id=bool(display_id))
+
+    def on_comm_open_jupyter_widget(self, msg: dict[str, Any]) -> None:
+        """Mimic no widget, and keep no widget state (``store_widget_state`` is off).
+
+        An Output widget's prints then land in the cell, where the output cap sees them, and a
+        submission's comm messages cannot make the grader's memory grow.
+        """
+        return None
+
+    def _update_display_id(self, display_id: str, msg: dict[str, Any]) -> None:
+        """A display update (``update_display_data``) to every output with ``display_id``, within the cap.
+
+        nbclient's own puts the new data in place whatever its size.
+        """
+        places = self._display_id_map.get(display_id)
+        if not places:
+            return
+        try:
+            new = output_from_msg({**msg, "header": {**msg["header"], "msg_type": "display_data"}})
+        except ValueError:
+            return
+        for cell_index, indices in places.items():
+            outputs = self.nb.cells[cell_index].get("outputs", [])
+            for i in indices:
+                if i < len(outputs):
+                    self._cap.replace(outputs[i], new.get("data", {}), new.get("metadata", {}), cell_index)
 
     async def _async_check(self) -> bool | None:
         """Send one check that must fail, exactly as a test is sent; see ``Check.holds``."""

@@ -4,6 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PY     := $(BIN)/python
 STAMP  := $(VENV)/.installed
+PROXY  := node_modules/.bin/configurable-http-proxy
 export PATH := $(abspath $(BIN)):$(PATH)
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
@@ -13,12 +14,13 @@ export PYDEVD_DISABLE_FILE_VALIDATION := 1
 ASSIGNMENTS := $(notdir $(wildcard solutions/ex*))
 NOTEBOOKS   := $(wildcard chapters/*/*.ipynb)
 
-.PHONY: help venv system-deps book test lab release grade outputs bench clean
+.PHONY: help venv system-deps book test lab class release grade outputs bench clean
 
 help:
 	@echo "make book     build the HTML book into _build/html (creates .venv if missing)"
 	@echo "make test     run every test: library, notebooks, grading, release, book"
 	@echo "make lab      JupyterLab with nbgrader on the exercises"
+	@echo "make class    JupyterHub for a class on this machine (as root): make class STUDENTS='ana ben'"
 	@echo "make release  regenerate exercises/ from solutions/"
 	@echo "make grade    grade submissions: make grade A=ex02_attention S=path/to/submissions"
 	@echo "make outputs  re-execute the chapter and solution notebooks and save their outputs"
@@ -49,12 +51,23 @@ system-deps:
 # Two workers (pytest-xdist); --dist loadscope keeps each notebook's cells in order on one worker.
 # The course's small models are trained once, before the workers start, if the cache lacks them.
 WORKERS ?= 2
-test: $(STAMP) system-deps
+test: $(STAMP) system-deps $(PROXY)
 	$(PY) -m pytest --nbval --nbval-sanitize-with tests/nbval_sanitize.cfg -ra --durations=15 \
 		-n $(WORKERS) --dist loadscope --no-loadscope-reorder --warm-course-models $(PYTEST_ARGS)
 
 lab: $(STAMP)
 	$(PY) -m llmcourse.cli lab
+
+# JupyterHub's proxy, configurable-http-proxy, from npm (package-lock.json); skipped with a note without npm.
+$(PROXY): package.json package-lock.json
+	@if command -v npm >/dev/null 2>&1; then npm ci --no-audit --no-fund --ignore-scripts --loglevel=error; \
+	else echo "npm is missing: the class (make class) and its test need Node.js and npm"; fi
+
+STUDENTS ?=
+class: $(STAMP) $(PROXY)
+	@sh scripts/system_deps.sh sandbox
+	@if [ -n "$(STUDENTS)" ]; then $(PY) -m llmcourse.cli class setup $(STUDENTS); fi
+	$(PY) -m llmcourse.cli class start
 
 release: $(STAMP)
 	$(PY) -m llmcourse.cli release $(ASSIGNMENTS)

@@ -25,8 +25,9 @@ One idea per module, in the order the book reads them:
   position bias), ``quantization`` (GGUF block formats by hand);
 - around them: ``models`` (the models available offline, and the course's own, cached),
   ``recipes`` (how the course's own small models are trained), ``plots``
-  (figures and tables), ``grading`` (auto-grading of the exercises in a sandbox), ``book``
-  (building the book offline) and ``cli`` (the ``llmcourse`` command).
+  (figures and tables), ``grading`` (auto-grading of the exercises in a sandbox), ``classroom``
+  (a class on one machine: JupyterHub, nbgrader's exchange, the grader), ``book`` (building the
+  book offline) and ``cli`` (the ``llmcourse`` command).
 """
 
 __version__ = "0.1.0"

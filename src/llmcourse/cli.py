@@ -7,6 +7,7 @@
     llmcourse outputs [--jobs N] NOTEBOOK...
     llmcourse lab
     llmcourse chat [--system TEXT] [--max-new-tokens N] [--temperature T] [--max-context N]
+    llmcourse class [--dir DIR] setup STUDENT... | start | release A [--due T] | grade A | grades | remove
 
 Exit status: 0 when the command ran (whatever the scores), 1 when ``validate`` finds a failing
 test or ``outputs`` a failing notebook, 2 on a usage error (unknown assignment, missing path).
@@ -313,6 +314,10 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--temperature", type=float, default=0.0, metavar="T",
                       help="0 answers greedily (default); above 0 samples, with top-p 0.9")
     chat.set_defaults(run=cmd_chat)
+
+    from .classroom.commands import register as register_class
+
+    register_class(commands)
     return parser
 
 

@@ -40,7 +40,7 @@ class SandboxWarning(UserWarning):
 def grade(assignment: str, paths: Sequence[Path], feedback_dir: Path | None = None,
           solutions_dir: Path = SOLUTIONS_DIR, progress: bool = True, jobs: int = 1,
           cell_timeout: int | None = None, notebook_timeout: int | None = None,
-          cache: Path | None = None, force: bool = False) -> list[GradeResult]:
+          cache: Path | None = None, force: bool = False, keep_graded: Path | None = None) -> list[GradeResult]:
     """Grade every submission found in ``paths`` against ``solutions_dir/<assignment>``.
 
     With ``jobs`` > 1, that many worker processes grade in parallel, each in its own course.
@@ -49,7 +49,8 @@ def grade(assignment: str, paths: Sequence[Path], feedback_dir: Path | None = No
     Left out, both come from the assignment (``settings.assignment_limits``: 60 s and 300 s
     unless its notebooks ask for more). With ``cache`` (a JSON-lines file), submissions graded
     before with the same source, limits and content are not graded again (unless ``force``),
-    and new results are added to it.
+    and new results are added to it. With ``keep_graded``, the graded notebooks of each submission are
+    kept in ``keep_graded/<student>/<assignment>/`` (``grader.grade_submission``).
     Results come in the order the submissions were found.
     """
     sources = sorted(source_folder(assignment, solutions_dir).glob("*.ipynb"))
@@ -67,7 +68,8 @@ def grade(assignment: str, paths: Sequence[Path], feedback_dir: Path | None = No
     results: dict[int, GradeResult] = {}
     for i, submission in enumerate(submissions):
         record = done.get(keys[i])
-        if record is not None and reusable(record, feedback_dir):
+        kept = keep_graded is None or (keep_graded / submission.student_id / assignment).is_dir()
+        if record is not None and kept and reusable(record, feedback_dir):
             results[i] = GradeResult.from_record({**record, "submission": submission.label, "cached": True})
     todo = [i for i, submission in enumerate(submissions) if i not in results and submission.error is None]
 
@@ -93,12 +95,13 @@ def grade(assignment: str, paths: Sequence[Path], feedback_dir: Path | None = No
         with GradingCourse(assignment, solutions_dir, cell_timeout=cell_timeout,
                            notebook_timeout=notebook_timeout) as course:
             for i in todo:
-                record(i, grade_safely(course, submissions[i], feedback_dir))
+                record(i, grade_safely(course, submissions[i], feedback_dir, keep_graded))
     elif todo:
         threads = max(1, cpu_threads() // workers)
         options = {"assignment": assignment, "solutions_dir": str(solutions_dir), "cell_timeout": cell_timeout,
                    "notebook_timeout": notebook_timeout, "threads": threads,
-                   "feedback_dir": str(feedback_dir) if feedback_dir else None}
+                   "feedback_dir": str(feedback_dir) if feedback_dir else None,
+                   "keep_graded": str(keep_graded) if keep_graded else None}
         # The worker's own limits stop a submission well before this; it is the last resort.
         limit = notebook_timeout * max(1, len(sources)) + 180
         grade_in_workers(submissions, todo, options, workers, limit, record)

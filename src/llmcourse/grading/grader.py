@@ -3,6 +3,7 @@ autograde in the sandboxed kernel, read the scores from the gradebook, write the
 
 from __future__ import annotations
 
+import shutil
 import time
 import warnings
 from pathlib import Path
@@ -43,7 +44,8 @@ FAILURE_HINTS = {  # what nbgrader's own words mean for the instructor
 }
 
 
-def grade_submission(course: GradingCourse, submission: Submission, feedback_dir: Path | None = None) -> GradeResult:
+def grade_submission(course: GradingCourse, submission: Submission, feedback_dir: Path | None = None,
+                     keep_graded: Path | None = None) -> GradeResult:
     """Grade one submission in its own folder of ``course`` and return its result; never raises for bad input.
 
     The submission's notebooks are checked, deleted graded cells put back, and the result
@@ -51,6 +53,9 @@ def grade_submission(course: GradingCourse, submission: Submission, feedback_dir
     fresh sandboxed kernel (``sandbox.KernelSandbox``) working in a copy of
     ``autograded/<student>/<assignment>/``. When a limit stops a notebook (time, memory, a
     dead kernel), the cells run before it keep their marks and ``error`` says what happened.
+    With ``keep_graded``, the graded notebooks are copied to ``keep_graded/<student>/<assignment>/``
+    (nbgrader's ``autograded`` layout, with the submission's timestamp): they hold the hidden tests, so
+    that folder is the instructor's only.
     """
     started = time.perf_counter()
     result = GradeResult(submission=submission.label, score=0.0, max_score=course.max_score, error=submission.error,
@@ -101,6 +106,10 @@ def grade_submission(course: GradingCourse, submission: Submission, feedback_dir
             result.error = stopped
     result.warnings = WARNINGS.pop(graded_folder, [])
 
+    if keep_graded is not None and result.tests:
+        kept = keep_graded / submission.student_id / course.assignment
+        shutil.rmtree(kept, ignore_errors=True)
+        shutil.copytree(graded_folder, kept)
     if feedback_dir is not None and result.tests:
         try:
             result.feedback = write_feedback(course, submission, result, feedback_dir)
@@ -110,10 +119,11 @@ def grade_submission(course: GradingCourse, submission: Submission, feedback_dir
     return result
 
 
-def grade_safely(course: GradingCourse, submission: Submission, feedback_dir: Path | None) -> GradeResult:
+def grade_safely(course: GradingCourse, submission: Submission, feedback_dir: Path | None,
+                 keep_graded: Path | None = None) -> GradeResult:
     """``grade_submission``, with any error of the grader itself turned into the row's error."""
     try:
-        return grade_submission(course, submission, feedback_dir)
+        return grade_submission(course, submission, feedback_dir, keep_graded)
     except Exception as error:  # the grader must report, not crash, whatever a submission does
         return GradeResult(submission=submission.label, score=0.0, max_score=course.max_score,
                            error=f"grader error: {type(error).__name__}: {error}", student_id=submission.student_id)

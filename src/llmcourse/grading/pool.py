@@ -158,6 +158,7 @@ def serve() -> int:
         _answer(channel, {"fatal": str(error)})
         return 1
     feedback = Path(options["feedback_dir"]) if options.get("feedback_dir") else None
+    keep = Path(options["keep_graded"]) if options.get("keep_graded") else None
     try:
         _answer(channel, {"ready": True})
         for line in sys.stdin:
@@ -165,7 +166,7 @@ def serve() -> int:
             data = task["submission"]
             submission = Submission(label=data["label"], student_id=data["student_id"], error=data.get("error"),
                                     notebooks={name: Path(path) for name, path in data["notebooks"].items()})
-            result = grade_safely(course, submission, feedback)
+            result = grade_safely(course, submission, feedback, keep)
             _answer(channel, {"index": task["index"], "result": result.to_record()})
     finally:
         course.__exit__(None, None, None)

@@ -1,0 +1,6 @@
+"""A class on one machine: JupyterHub, nbgrader's exchange and the course's sandboxed grader.
+
+- ``roster``: who is in the class, with password hashes; ``auth``: JupyterHub's login against it;
+- ``accounts``: one Unix account per person (as root), homes closed to others;
+- ``hub``: the class's folders, settings and JupyterHub itself (``llmcourse class``).
+"""

@@ -189,7 +189,7 @@ class Cycle:
     access: dict[str, str] = field(default_factory=dict)
 
 
-def try_as(room: hub.Classroom, name: str, action: str, path: Path) -> str:
+def try_as(room: hub.Classroom, name: str, path: Path) -> str:
     """``"denied"`` or ``"allowed"``: can ``name`` list (a folder) or read (a file) ``path``?"""
     code = (f"import os\ntry:\n    os.listdir({str(path)!r}) if os.path.isdir({str(path)!r}) else open({str(path)!r}).read(1)\n"
             "    print('allowed')\nexcept PermissionError:\n    print('denied')\nexcept FileNotFoundError:\n"
@@ -271,14 +271,14 @@ def cycle() -> Iterator[Cycle]:
         run.access["random part of a submission's name"] = str(min(
             len(p.name.rsplit("+", 1)[1]) for p in inbound.iterdir()))
         run.access.update({
-            "inbound folder": try_as(room, CAI, "list", inbound),
-            "ana's home": try_as(room, CAI, "list", Path(f"/home/{ANA}")),
-            "the course's solutions": try_as(room, CAI, "list", room.course / "solutions"),
-            "the repository's solutions": try_as(room, CAI, "list", REPO_ROOT / "solutions"),
-            "the released feedback": try_as(room, CAI, "list", room.exchange / "llmcourse" / "feedback"),
-            "the gradebook": try_as(room, CAI, "read", room.course / "gradebook.db"),
-            "the passwords": try_as(room, CAI, "read", room.passwords_file),
-            "the released assignment": try_as(room, CAI, "read",
+            "inbound folder": try_as(room, CAI, inbound),
+            "ana's home": try_as(room, CAI, Path(f"/home/{ANA}")),
+            "the course's solutions": try_as(room, CAI, room.course / "solutions"),
+            "the repository's solutions": try_as(room, CAI, REPO_ROOT / "solutions"),
+            "the released feedback": try_as(room, CAI, room.exchange / "llmcourse" / "feedback"),
+            "the gradebook": try_as(room, CAI, room.course / "gradebook.db"),
+            "the passwords": try_as(room, CAI, room.passwords_file),
+            "the released assignment": try_as(room, CAI,
                                               room.exchange / "llmcourse" / "outbound" / EX02 / f"{EX02}.ipynb"),
         })
         run.seconds["whole cycle"] = time.perf_counter() - started

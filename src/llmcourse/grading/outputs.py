@@ -67,12 +67,6 @@ class OutputCap:
         self.cut: set[int] = set()  # cells that lost output to the limit
         self.errors_over: set[int] = set()  # cells that kept an error past the limit (one is enough)
 
-    def reset(self) -> None:
-        """Forget every cell (a new notebook)."""
-        self.used.clear()
-        self.cut.clear()
-        self.errors_over.clear()
-
     def note(self) -> str:
         return TRUNCATED.format(limit=self.limit)
 

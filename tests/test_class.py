@@ -31,6 +31,7 @@ from typing import Any
 import nbformat
 import pytest
 
+from llmcourse import models
 from llmcourse.classroom import accounts, hub, instructor
 from llmcourse.grading import REPO_ROOT, SOLUTIONS_DIR, GradeResult
 from llmcourse.grading.feedback import split_hidden
@@ -187,6 +188,7 @@ class Cycle:
     remote: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
     access: dict[str, str] = field(default_factory=dict)
+    models: dict[str, str] = field(default_factory=dict)
 
 
 def try_as(room: hub.Classroom, name: str, path: Path) -> str:
@@ -197,6 +199,24 @@ def try_as(room: hub.Classroom, name: str, path: Path) -> str:
     done = subprocess.run([*accounts.as_user(name), str(room.python), "-c", code], capture_output=True, text=True,
                           env={"HOME": f"/home/{name}", "PATH": "/usr/bin:/bin"}, cwd="/")
     return done.stdout.strip() or done.stderr.strip()[-200:]
+
+
+def python_as(room: hub.Classroom, name: str, code: str) -> str:
+    """Run ``code`` as ``name`` in a class server's environment (as a kernel would); return its last line."""
+    env = {**hub.server_environment(room), "HOME": f"/home/{name}"}
+    done = subprocess.run([*accounts.as_user(name), str(room.python), "-c", code], capture_output=True, text=True,
+                          env=env, cwd=f"/home/{name}")
+    return (done.stdout.strip().splitlines() or done.stderr.strip().splitlines() or [""])[-1]
+
+
+SHARED_MODELS = {  # what a student's kernel does with the class's model folder, and what it prints
+    "load SmolLM2's tokenizer": "from llmcourse import models\nprint(len(models.load_smollm2_tokenizer()))",
+    "write in the folder": ("import os\ntry:\n    open(os.environ['LLMCOURSE_CACHE'] + '/x', 'w')\n"
+                            "    print('allowed')\nexcept PermissionError:\n    print('denied')"),
+    "load a model the exercises do not use": ("from llmcourse import models\ntry:\n"
+                                              "    models.load_course_model('shakespeare-char-gpt', progress=False)\n"
+                                              "except RuntimeError as error:\n    print(error)"),
+}
 
 
 @pytest.fixture(scope="module")
@@ -281,6 +301,7 @@ def cycle() -> Iterator[Cycle]:
             "the released assignment": try_as(room, CAI,
                                               room.exchange / "llmcourse" / "outbound" / EX02 / f"{EX02}.ipynb"),
         })
+        run.models = {what: python_as(room, CAI, code) for what, code in SHARED_MODELS.items()}
         run.seconds["whole cycle"] = time.perf_counter() - started
         print("\nclass cycle, seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in run.seconds.items()))
         yield run
@@ -343,3 +364,13 @@ def test_a_student_reads_only_released_work(cycle: Cycle) -> None:
 
 def test_the_browser_fetched_nothing_remote(cycle: Cycle) -> None:
     assert cycle.remote == []
+
+
+def test_students_kernels_load_the_shared_models_and_cannot_change_them(cycle: Cycle) -> None:
+    assert cycle.models["load SmolLM2's tokenizer"] == "49152", cycle.models
+    assert cycle.models["write in the folder"] == "denied"
+    # a model that is not there cannot be trained in the shared folder; the student is told what to do
+    assert "ask the instructor to run `llmcourse class setup` again" in cycle.models[
+        "load a model the exercises do not use"], cycle.models
+    assert sorted(p.name for p in cycle.room.models.iterdir()) == models.models_used_by(
+        [REPO_ROOT / "exercises", REPO_ROOT / "solutions"])

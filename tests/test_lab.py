@@ -59,7 +59,10 @@ def test_lab_starts_with_nbgrader_offline_and_stops(tmp_path: Path) -> None:
         code, page = get(f"{base}/formgrader?token={token}")
         assert code == 200 and "formgrader" in page.lower()
         assert get(f"{base}/api/contents/exercises/ex02_attention?token={token}")[0] == 200
-        # No news from the internet, and no update checks.
+        # No news from the internet, no prompt asking to fetch it, and no update checks.
+        code, lab_page = get(f"{base}/lab?token={token}")
+        config = json.loads(lab_page.split('id="jupyter-config-data" type="application/json">', 1)[1].split("</script>", 1)[0])
+        assert code == 200 and "@jupyterlab/apputils-extension:announcements" in config["disabledExtensions"]
         code, news = get(f"{base}/lab/api/news?token={token}")
         assert code in (200, 404) and (code == 404 or json.loads(news).get("news", []) == [])
         log.seek(0)

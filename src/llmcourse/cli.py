@@ -69,7 +69,7 @@ def cmd_grade(args: argparse.Namespace) -> int:
             results = grade(args.assignment, [Path(p) for p in args.paths], feedback_dir=args.feedback,
                             solutions_dir=args.solutions, progress=not args.json, jobs=args.jobs,
                             cell_timeout=args.timeout, notebook_timeout=args.notebook_timeout,
-                            cache=cache, force=args.force)
+                            cache=cache, force=args.force, keep_graded=args.keep_graded)
     except (GradingError, FileNotFoundError, ValueError) as error:
         return _fail(str(error))
     if args.csv:
@@ -195,8 +195,16 @@ def _execute_one(path: Path) -> bool:
 
 def cmd_lab(args: argparse.Namespace) -> int:
     """Start JupyterLab on the repository, offline, with nbgrader's extensions (replaces this process)."""
+    from .cache import cache_dir
+    from .classroom.hub import write_page_config
     from .grading import REPO_ROOT
 
+    # JupyterLab asks on first start whether to fetch Jupyter's news; --LabApp.news_url=None does not stop
+    # the question, turning the announcements plugin off does (a settings folder put first on the path).
+    settings = cache_dir() / "jupyter-lab-settings"
+    write_page_config(settings)
+    os.environ["JUPYTER_CONFIG_PATH"] = os.pathsep.join(
+        [str(settings), *filter(None, [os.environ.get("JUPYTER_CONFIG_PATH")])])
     command = [
         sys.executable, "-m", "jupyterlab", "--ip=127.0.0.1", "--no-browser",
         f"--ServerApp.root_dir={REPO_ROOT}",
@@ -279,6 +287,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="results of earlier runs, to skip unchanged submissions "
                             "(default ~/.cache/llmcourse/grading/ASSIGNMENT.jsonl)")
     grade.add_argument("--no-cache", action="store_true", help="grade everything, and remember nothing")
+    grade.add_argument("--keep-graded", type=Path, metavar="DIR",
+                       help="keep each submission's graded notebooks in DIR/STUDENT/ASSIGNMENT/ (nbgrader's "
+                            "autograded/ layout, which the formgrader lists)")
     grade.add_argument("--force", action="store_true", help="grade again even submissions unchanged since the last run")
     grade.add_argument("--solutions", type=Path, default=SOLUTIONS_DIR, help=argparse.SUPPRESS)
     grade.set_defaults(run=cmd_grade)

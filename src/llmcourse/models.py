@@ -164,11 +164,27 @@ def load_smollm2_tokenizer() -> Any:
     return AutoTokenizer.from_pretrained(folder, local_files_only=True)
 
 
+def _check_writable(folder: Path) -> None:
+    """Fail with what to do when ``folder`` is missing from a cache this process cannot write.
+
+    A class's shared model folder and a grading sandbox's cache are read-only: a model missing there
+    cannot be made by a student's kernel or a submission.
+    """
+    cache = folder.parent
+    existing = next((p for p in (cache, *cache.parents) if p.exists()), Path("/"))
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise RuntimeError(
+            f"{folder.name} is not in the model cache {cache}, and this account cannot write there to make it. "
+            "In a class, ask the instructor to run `llmcourse class setup` again (it puts the models the "
+            "exercises load in the class's shared folder); elsewhere, set LLMCOURSE_CACHE to a folder of your own.")
+
+
 def _smollm2_folder(progress: bool) -> Path:
     folder = cache_dir() / SMOLLM2
     done = folder / "course_model.json"
     if done.is_file() and json.loads(done.read_text()).get("version") == _SMOLLM2_VERSION:
         return folder
+    _check_writable(folder)
     gguf_file = smollm2_gguf_path()
     print(f"Converting SmolLM2-135M-Instruct from {gguf_file.name} to float32 once; "
           f"it will be cached in {folder}.", file=sys.stderr)
@@ -332,6 +348,7 @@ def _load_or_train(name: str, progress: bool, retrain: bool) -> CourseModel:
     if not retrain and done.is_file() and json.loads(done.read_text()).get("version") == recipe.version:
         return recipe.load(folder, json.loads(done.read_text()))
 
+    _check_writable(folder)
     print(f"Training the course model {name!r} ({recipe.description}) once; "
           f"this takes a few minutes on a CPU. It will be cached in {folder}.", file=sys.stderr)
     start = time.perf_counter()

@@ -33,6 +33,8 @@ def cmd_setup(args: argparse.Namespace) -> int:
     roster = room.roster()
     print(f"class in {room.root}: instructor {roster.instructor}, {len(roster.students)} students "
           f"({', '.join(roster.students)})")
+    shared = sorted(p.name for p in room.models.iterdir() if not p.name.startswith("."))
+    print(f"models the exercises load, shared read-only in {room.models}: {', '.join(shared) or '(none)'}")
     if made:
         print(f"new passwords for {', '.join(made)} are in {room.passwords_file} (readable by root only): hand "
               "each person theirs")
@@ -84,14 +86,20 @@ def cmd_grade(args: argparse.Namespace) -> int:
     from . import instructor
 
     print(f"llmcourse class grade: {probe().describe()}", file=sys.stderr)
+    started = time.perf_counter()
     try:
         results = instructor.grade(_room(args), args.assignment, jobs=args.jobs)
     except (RuntimeError, ValueError, FileNotFoundError) as error:
         return _fail(str(error))
+    seconds = time.perf_counter() - started
     if not results:
         print(f"no submissions of {args.assignment} to collect")
     for result in results:
         print(f"{result.student_id}: {result.score:g} / {result.max_score:g}" + (f"  ({result.error})" if result.error else ""))
+    graded = [result for result in results if not result.cached]
+    if graded:  # what sizes a class's run: the time per submission at this many jobs
+        print(f"{len(graded)} graded in {seconds:.0f} s with {args.jobs} jobs ({seconds / len(graded):.1f} s per "
+              f"submission, collecting and releasing included); {len(results) - len(graded)} unchanged, reused")
     print("scores are in the gradebook (the formgrader shows them) and the feedback is released")
     return 0
 

@@ -8,6 +8,8 @@
     course/          the instructor's course folder: nbgrader_config.py, solutions/, exercises/,
                      and what nbgrader adds (submitted/, autograded/, feedback/, gradebook.db)
     jupyter/student/, jupyter/instructor/   the Jupyter settings of each kind of single-user server
+    models/          the cached models the exercises load (SmolLM2), made once and read-only to all:
+                     every server's LLMCOURSE_CACHE, so no student converts or trains one in their home
     hub/             JupyterHub's database, cookie secret, configuration and log
 
 Students get JupyterLab with nbgrader's assignment list only; the instructor gets the formgrader
@@ -50,8 +52,8 @@ _STUDENT_EXTENSIONS = {  # nbgrader's server extensions a student's server loads
 }
 # JupyterLab plugins turned off: the news prompt ("Would you like to get notified about official Jupyter
 # news?") for everyone, and for students nbgrader's instructor tools.
-_NO_NEWS = ("@jupyterlab/apputils-extension:announcements",)
-_STUDENT_HIDDEN_LAB = (*_NO_NEWS, "@jupyter/nbgrader:formgrader", "@jupyter/nbgrader:create-assignment",
+NO_NEWS = ("@jupyterlab/apputils-extension:announcements",)
+_STUDENT_HIDDEN_LAB = (*NO_NEWS, "@jupyter/nbgrader:formgrader", "@jupyter/nbgrader:create-assignment",
                        "@jupyter/nbgrader:course-list")
 
 
@@ -84,6 +86,11 @@ class Classroom:
     @property
     def hub_config(self) -> Path:
         return self.hub_dir / "jupyterhub_config.py"
+
+    @property
+    def models(self) -> Path:
+        """The models the exercises load, read-only to every account (students' kernels use it as their cache)."""
+        return self.root / "models"
 
     def jupyter_dir(self, kind: str) -> Path:
         return self.root / "jupyter" / kind
@@ -157,6 +164,49 @@ def _make_class_python(classroom: Classroom) -> None:
                 os.chmod(entry, mode | 0o004 | (0o001 if os.path.isdir(entry) or mode & 0o100 else 0))
 
 
+def _link_or_copy(source: str, target: str) -> None:
+    try:
+        os.link(source, target)  # the same file, no second copy on disk (it is read-only to the class)
+    except OSError:
+        shutil.copy2(source, target)
+
+
+def share_models(classroom: Classroom, progress: bool = True) -> list[str]:
+    """Put the models that the course's notebooks load in ``classroom.models``; return their names.
+
+    Each is made in the instructor's cache first if it is not there (``models.prepare_model``: minutes,
+    once), then linked (or copied) into the class's folder, which every account may read and none but
+    root may change. A model already shared is replaced by the cache's current one.
+    """
+    from .. import models
+
+    names = models.models_used_by([classroom.course / "exercises", classroom.course / "solutions"])
+    shared = classroom.models
+    shared.mkdir(exist_ok=True)
+    for name in names:
+        models.prepare_model(name, progress=progress)
+        staging = shared / f".{name}.partial"
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.copytree(models.cache_dir() / name, staging, copy_function=_link_or_copy,
+                        ignore=shutil.ignore_patterns("*.partial", ".*.lock"))
+        for folder, _, files in os.walk(staging):
+            os.chmod(folder, 0o755)
+            for file in files:
+                os.chmod(os.path.join(folder, file), 0o644)
+        shutil.rmtree(shared / name, ignore_errors=True)
+        staging.rename(shared / name)
+    accounts.give(shared, "root", 0o755)
+    return names
+
+
+def server_environment(classroom: Classroom) -> dict[str, str]:
+    """The environment of every single-user server of the class, and so of its kernels."""
+    return {"PATH": f"{classroom.python.parent}:/usr/local/bin:/usr/bin:/bin", "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYDEVD_DISABLE_FILE_VALIDATION": "1",
+            "LLMCOURSE_CACHE": str(classroom.models),
+            "JUPYTER_PATH": str(Path(sys.prefix) / "share" / "jupyter")}  # JupyterLab's and nbgrader's extensions
+
+
 def _nbgrader_config(exchange: Path, course: Path | None) -> str:
     lines = ['"""nbgrader settings of a class server, written by `llmcourse class setup`."""', "",
              "c = get_config()  # noqa: F821", f"c.CourseDirectory.course_id = {COURSE_ID!r}",
@@ -168,6 +218,16 @@ def _nbgrader_config(exchange: Path, course: Path | None) -> str:
     return "\n".join(lines) + "\n"
 
 
+def write_page_config(folder: Path, disabled: tuple[str, ...] = NO_NEWS) -> None:
+    """``folder/labconfig/page_config.json`` turning the JupyterLab plugins ``disabled`` off (a settings folder
+    of ``JUPYTER_CONFIG_PATH``)."""
+    import json
+
+    (folder / "labconfig").mkdir(parents=True, exist_ok=True)
+    (folder / "labconfig" / "page_config.json").write_text(
+        json.dumps({"disabledExtensions": {name: True for name in disabled}}, indent=1))
+
+
 def _write_jupyter_settings(folder: Path, exchange: Path, course: Path | None) -> None:
     import json
 
@@ -176,16 +236,14 @@ def _write_jupyter_settings(folder: Path, exchange: Path, course: Path | None) -
     server = {**_LAB_OFFLINE}
     if course is None:
         server["ServerApp"] = {"jpserver_extensions": _STUDENT_EXTENSIONS}
-    hidden = _NO_NEWS if course is not None else _STUDENT_HIDDEN_LAB
-    (folder / "labconfig").mkdir(exist_ok=True)
-    (folder / "labconfig" / "page_config.json").write_text(
-        json.dumps({"disabledExtensions": {name: True for name in hidden}}, indent=1))
+    write_page_config(folder, NO_NEWS if course is not None else _STUDENT_HIDDEN_LAB)
     for name in ("jupyter_server_config.json", "jupyter_lab_config.json"):
         (folder / name).write_text(json.dumps(server, indent=1))
     folder.chmod(0o755)
 
 
-def setup(classroom: Classroom, students: list[str], instructor: str = "instructor") -> dict[str, str]:
+def setup(classroom: Classroom, students: list[str], instructor: str = "instructor",
+          progress: bool = True) -> dict[str, str]:
     """Make (or extend) the class: accounts, folders, settings; return the passwords made this time.
 
     Run again with more students to add them; existing people keep their password and files.
@@ -232,6 +290,7 @@ def setup(classroom: Classroom, students: list[str], instructor: str = "instruct
     _write_jupyter_settings(classroom.jupyter_dir("instructor"), classroom.exchange, course)
     # The repository's own solutions would otherwise be open to every account on the machine.
     (REPO_ROOT / "solutions").chmod(0o700)
+    share_models(classroom, progress=progress)
     classroom.hub_dir.mkdir(exist_ok=True)
     classroom.hub_dir.chmod(0o700)
     return made
@@ -241,9 +300,7 @@ def hub_config(classroom: Classroom, port: int = DEFAULT_PORT) -> str:
     """The text of ``jupyterhub_config.py`` for the class."""
     roster = classroom.roster()
     course_venv = Path(sys.prefix)
-    env = {"PATH": f"{classroom.python.parent}:/usr/local/bin:/usr/bin:/bin", "HF_HUB_OFFLINE": "1",
-           "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYDEVD_DISABLE_FILE_VALIDATION": "1",
-           "JUPYTER_PATH": str(course_venv / "share" / "jupyter")}  # JupyterLab's and nbgrader's extensions
+    env = server_environment(classroom)
     return f'''"""JupyterHub for the class, written by `llmcourse class start`: edit the class, not this file."""
 
 c = get_config()  # noqa: F821

@@ -92,23 +92,40 @@ def grade(classroom: Classroom, assignment: str, jobs: int = 2, progress: bool =
                               progress=progress, jobs=jobs, cache=course / "grading" / f"{assignment}.jsonl",
                               keep_graded=course / "autograded")  # the formgrader lists what is there
     record(classroom, assignment, results)
-    for result in results:  # where release_feedback looks: feedback/<student>/<assignment>/<notebook>.html
-        submitted = course / "submitted" / result.student_id / assignment
-        notebooks = sorted(submitted.glob("*.ipynb"))
-        folder = course / "feedback" / result.student_id / assignment
-        graded = course / "autograded" / result.student_id / assignment
-        if graded.is_dir() and (submitted / "timestamp.txt").is_file():
-            shutil.copyfile(submitted / "timestamp.txt", graded / "timestamp.txt")
-        for page in result.feedback:
-            folder.mkdir(parents=True, exist_ok=True)
-            name = page.stem if len(notebooks) != 1 else notebooks[0].stem
-            shutil.copyfile(page, folder / f"{name}.html")
-            for key in ("timestamp.txt", "submission_secret.txt"):  # release_feedback keys the page on both
-                if (submitted / key).is_file():
-                    shutil.copyfile(submitted / key, folder / key)
+    for result in results:
+        place_feedback(course, assignment, result)
     accounts.give(course, classroom.roster().instructor, 0o700)
     nbgrader(classroom, "release_feedback", assignment)
     return results
+
+
+def place_feedback(course: Path, assignment: str, result: GradeResult) -> list[Path]:
+    """Put a graded submission's feedback where ``nbgrader release_feedback`` looks for it; return the pages.
+
+    nbgrader wants ``feedback/<student>/<assignment>/<notebook>.html`` for each submitted notebook, beside
+    the submission's ``timestamp.txt`` and ``submission_secret.txt`` (a student's ``fetch_feedback`` finds
+    a page by a hash of the secret and the notebook's name). The course's grader writes one page per
+    submission covering every notebook of the assignment, so an assignment of several notebooks gets
+    that page under each notebook's name. The graded notebooks get the timestamp too (the formgrader
+    reads it there).
+    """
+    submitted = course / "submitted" / result.student_id / assignment
+    graded = course / "autograded" / result.student_id / assignment
+    if graded.is_dir() and (submitted / "timestamp.txt").is_file():
+        shutil.copyfile(submitted / "timestamp.txt", graded / "timestamp.txt")
+    notebooks = [path.stem for path in sorted(submitted.glob("*.ipynb")) if not path.name.startswith(".")]
+    if not result.feedback or not notebooks:
+        return []
+    folder = course / "feedback" / result.student_id / assignment
+    folder.mkdir(parents=True, exist_ok=True)
+    for key in ("timestamp.txt", "submission_secret.txt"):
+        if (submitted / key).is_file():
+            shutil.copyfile(submitted / key, folder / key)
+    pages = []
+    for name in notebooks:
+        shutil.copyfile(result.feedback[0], folder / f"{name}.html")
+        pages.append(folder / f"{name}.html")
+    return pages
 
 
 def grades_csv(classroom: Classroom, out: Path) -> int:

@@ -196,21 +196,24 @@ def test_attention_with_a_cache_equals_attention_over_the_whole_sequence(need_we
 
 
 def test_fused_self_attention_projection_equals_three_separate_ones() -> None:
-    """Training self-attention fuses w_q, w_k, w_v into one product: same outputs and gradients."""
+    """Training self-attention packs w_q, w_k, w_v into one product: same outputs and gradients."""
     torch.manual_seed(0)
     mha = MultiHeadAttention(32, 4)
     x = torch.randn(2, 7, 32, dtype=torch.float64)
     mha = mha.double()
-    assert mha._plain_projections()
+    assert mha.can_pack()
     fused = mha(x, is_causal=True)
     fused.square().sum().backward()
     fused_grads = [p.grad.clone() for p in mha.parameters()]
     mha.zero_grad()
-    handle = mha.w_q.register_forward_hook(lambda *args: None)  # a hook must run: the separate path
-    assert not mha._plain_projections()
+    calls = []
+    handle = mha.w_q.register_forward_hook(lambda *args: calls.append(1))
+    mha.pack_projections = False  # for the hook to run: the three layers one by one
+    assert not mha.can_pack()
     separate = mha(x, is_causal=True)
     separate.square().sum().backward()
     handle.remove()
+    assert calls == [1]
     torch.testing.assert_close(fused, separate)
     for fused_grad, parameter in zip(fused_grads, mha.parameters()):
         torch.testing.assert_close(fused_grad, parameter.grad)
@@ -231,7 +234,7 @@ def test_wrapped_projection_is_never_fused() -> None:
     with torch.no_grad():
         expected_q = 2 * mha.w_q(x)
     mha.w_q = Scaled(mha.w_q)
-    assert not mha._plain_projections()
+    assert not mha.can_pack()
     _, weights = mha(x, need_weights=True)
     out = mha(x)  # grad enabled, self-attention: would be fused if the wrapper were ignored
     q = mha.split_heads(expected_q)

@@ -198,8 +198,19 @@ class MultiHeadAttention(nn.Module):
     """Multi-head attention: ``Concat(head_1..head_h) W^O`` with ``head_i = Attention(Q W_i^Q, K W_i^K, V W_i^V)``.
 
     The four projections are ``nn.Linear(d_model, d_model)``; head ``i`` uses features
-    ``i*d_head:(i+1)*d_head`` of each, the layout of ``nn.MultiheadAttention``, so weights copy across.
+    ``i*d_head:(i+1)*d_head`` of each, the layout of ``nn.MultiheadAttention`` (and of BERT's and
+    Llama's separate query, key and value layers), so weights copy across and LoRA can wrap ``w_q``
+    and ``w_v`` on their own.
+
+    Two paths, side by side. The *readable* one (``need_weights=True``) projects with each layer
+    (``project_each``) and computes the weights as chapter 2 writes them
+    (``scaled_dot_product_attention``). The *fast* one projects training self-attention with one
+    packed product (``project_packed``) and attends with PyTorch's fused kernel. Set
+    ``pack_projections = False`` to have ``w_q``, ``w_k`` and ``w_v`` called one by one on every
+    path (a forward hook on one of them, say, runs only then).
     """
+
+    pack_projections: bool = True
 
     def __init__(self, d_model: int, n_heads: int, dropout: float = 0.0, bias: bool = True) -> None:
         super().__init__()
@@ -219,17 +230,32 @@ class MultiHeadAttention(nn.Module):
         batch, length, _ = x.shape
         return x.view(batch, length, self.n_heads, self.d_head).transpose(1, 2)
 
-    def _plain_projections(self) -> bool:
-        # Only plain nn.Linear layers without hooks may be fused: a wrapped one (LoRA, say) computes
-        # more than its weight, and a hook expects to be called.
-        projections = (self.w_q, self.w_k, self.w_v)
-        return all(type(p) is nn.Linear and not p._forward_hooks and not p._forward_pre_hooks
-                   and (p.bias is None) == (self.w_q.bias is None) for p in projections)
-
     def merge_heads(self, x: Tensor) -> Tensor:
         """(B, n_heads, T, d_head) -> (B, T, d_model): the inverse of split_heads."""
         batch, _, length, _ = x.shape
         return x.transpose(1, 2).reshape(batch, length, self.d_model)
+
+    def project_each(self, query: Tensor, key: Tensor | None = None,
+                     value: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """Readable path: Q, K, V (B, h, T, d_head) from three projections; self-attention if ``key`` is omitted."""
+        key = query if key is None else key
+        value = key if value is None else value
+        return self.split_heads(self.w_q(query)), self.split_heads(self.w_k(key)), self.split_heads(self.w_v(value))
+
+    def project_packed(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Fast path for self-attention: one (d, 3d) product instead of three (d, d) ones, and one bias
+        gradient instead of three; equal to ``project_each(x)`` up to rounding."""
+        weight = torch.cat((self.w_q.weight, self.w_k.weight, self.w_v.weight))  # (3d, d)
+        bias = None if self.w_q.bias is None else torch.cat((self.w_q.bias, self.w_k.bias, self.w_v.bias))
+        q, k, v = F.linear(x, weight, bias).split(self.d_model, dim=-1)
+        return self.split_heads(q), self.split_heads(k), self.split_heads(v)
+
+    def can_pack(self) -> bool:
+        """Whether ``project_packed`` computes what the three layers would: plain ``nn.Linear`` layers
+        (a wrapper such as LoRA computes more than its weight), biased alike, packing not turned off."""
+        projections = (self.w_q, self.w_k, self.w_v)
+        return self.pack_projections and all(
+            type(p) is nn.Linear and (p.bias is None) == (self.w_q.bias is None) for p in projections)
 
     @staticmethod
     def _one_mask(mask: Tensor | None, is_causal: bool, t_q: int, t_k: int, past: int,
@@ -266,25 +292,17 @@ class MultiHeadAttention(nn.Module):
         every stored position: T_k becomes the cache's length, and the queries are taken to be the
         last T_q positions (a causal mask is aligned on the right, query i at position past + i).
         """
-        if key is None and value is None and torch.is_grad_enabled() and self._plain_projections():
-            # Training self-attention: one (d, 3d) matrix product instead of three (d, d) ones,
-            # and one bias gradient instead of three; the same numbers up to rounding.
-            weight = torch.cat((self.w_q.weight, self.w_k.weight, self.w_v.weight))  # (3d, d)
-            bias = None if self.w_q.bias is None else torch.cat((self.w_q.bias, self.w_k.bias, self.w_v.bias))
-            q, k, v = (self.split_heads(x) for x in F.linear(query, weight, bias).split(self.d_model, dim=-1))
+        training_self_attention = key is None and value is None and torch.is_grad_enabled()
+        if training_self_attention and self.can_pack():
+            q, k, v = self.project_packed(query)
         else:
-            key = query if key is None else key
-            value = key if value is None else value
-            q = self.split_heads(self.w_q(query))  # (B, h, T_q, d_head)
-            k = self.split_heads(self.w_k(key))  # (B, h, T_k, d_head)
-            v = self.split_heads(self.w_v(value))  # (B, h, T_k, d_head)
-        past = 0
+            q, k, v = self.project_each(query, key, value)
+        past = 0 if cache is None else cache.length
         if cache is not None:
-            past = cache.length
             k, v = cache.update(k, v)  # (B, h, past + T_k, d_head)
         mask, causal_flag = self._one_mask(mask, is_causal, q.shape[-2], k.shape[-2], past, q.device)
         dropout_p = self.dropout if self.training else 0.0
-        if need_weights:  # the readable path: the weights are computed, so they can be returned
+        if need_weights:  # readable: the weights are computed, so they can be returned
             if causal_flag:
                 mask = causal_mask(q.shape[-2], k.shape[-2], q.device)
             out, weights = scaled_dot_product_attention(q, k, v, mask, dropout_p)

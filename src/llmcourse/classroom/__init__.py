@@ -2,5 +2,7 @@
 
 - ``roster``: who is in the class, with password hashes; ``auth``: JupyterHub's login against it;
 - ``accounts``: one Unix account per person (as root), homes closed to others;
-- ``hub``: the class's folders, settings and JupyterHub itself (``llmcourse class``).
+- ``hub``: the class's folders, settings, shared models and JupyterHub itself;
+- ``instructor``: release, collect, sandboxed grading into nbgrader's gradebook, feedback, grades out;
+- ``commands``: ``llmcourse class setup|start|release|grade|grades|remove``.
 """

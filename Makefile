@@ -63,11 +63,15 @@ $(PROXY): package.json package-lock.json
 	@if command -v npm >/dev/null 2>&1; then npm ci --no-audit --no-fund --ignore-scripts --loglevel=error; \
 	else echo "npm is missing: the class (make class) and its test need Node.js and npm"; fi
 
+# make class STUDENTS="ana ben" [INSTRUCTOR=name] [PORT=8000]: set up (or extend) the class, then run its hub in
+# the foreground until Ctrl-C (give the other `llmcourse class` commands in a second terminal).
 STUDENTS ?=
+INSTRUCTOR ?= instructor
+PORT ?= 8000
 class: $(STAMP) $(PROXY)
 	@sh scripts/system_deps.sh sandbox
-	@if [ -n "$(STUDENTS)" ]; then $(PY) -m llmcourse.cli class setup $(STUDENTS); fi
-	$(PY) -m llmcourse.cli class start
+	@if [ -n "$(STUDENTS)" ]; then $(PY) -m llmcourse.cli class setup --instructor $(INSTRUCTOR) $(STUDENTS); fi
+	$(PY) -m llmcourse.cli class start --port $(PORT)
 
 release: $(STAMP)
 	$(PY) -m llmcourse.cli release $(ASSIGNMENTS)

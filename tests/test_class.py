@@ -20,6 +20,7 @@ import shutil
 import socket
 import stat
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -189,6 +190,9 @@ class Cycle:
     seconds: dict[str, float] = field(default_factory=dict)
     access: dict[str, str] = field(default_factory=dict)
     models: dict[str, str] = field(default_factory=dict)
+    buttons: dict[str, str] = field(default_factory=dict)
+    restored: tuple[bool, bool] = (False, False)
+    cli: dict[str, str] = field(default_factory=dict)
 
 
 def try_as(room: hub.Classroom, name: str, path: Path) -> str:
@@ -199,6 +203,14 @@ def try_as(room: hub.Classroom, name: str, path: Path) -> str:
     done = subprocess.run([*accounts.as_user(name), str(room.python), "-c", code], capture_output=True, text=True,
                           env={"HOME": f"/home/{name}", "PATH": "/usr/bin:/bin"}, cwd="/")
     return done.stdout.strip() or done.stderr.strip()[-200:]
+
+
+def class_command(room: hub.Classroom, *args: str) -> str:
+    """Run ``llmcourse class --dir ROOM ARGS`` as the instructor would (as root); return what it printed."""
+    done = subprocess.run([sys.executable, "-m", "llmcourse.cli", "class", "--dir", str(room.root), *args],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
 
 
 def python_as(room: hub.Classroom, name: str, code: str) -> str:
@@ -281,9 +293,22 @@ def cycle() -> Iterator[Cycle]:
                 run.remote += person.remote
             browser.close()
 
-        grades_file = root / "grades.csv"
-        instructor.grades_csv(room, grades_file)
-        with open(grades_file) as handle:
+        # The formgrader's Generate Feedback and Autograde buttons run these: they refuse (hidden tests in the
+        # feedback, no sandbox), and `class grade` puts back what nbgrader removed before refusing.
+        for button in ("generate_feedback", "autograde"):
+            try:
+                instructor.nbgrader(room, button, EX02, "--student", ANA, "--force")
+                run.buttons[button] = "ran"
+            except RuntimeError as error:
+                run.buttons[button] = ("refused" if f"llmcourse class grade {EX02}" in str(error)
+                                       else str(error)[-800:])
+        # ... and `llmcourse class grade` on the command line puts back what nbgrader removed before refusing
+        run.cli["grade"] = class_command(room, "grade", EX02)
+        run.restored = ((room.course / "feedback" / ANA / EX02 / f"{EX02}.html").is_file(),
+                        (room.course / "autograded" / ANA / EX02).is_dir())
+
+        run.cli["grades"] = class_command(room, "grades")
+        with open(root / "grades.csv") as handle:  # where `class grades` writes by default
             run.grades = list(csv.DictReader(handle))
         inbound = room.exchange / "llmcourse" / "inbound"
         # nbgrader keeps a submission readable to whoever knows its folder's name, which ends in 72 random bits
@@ -328,6 +353,9 @@ def test_the_gradebook_and_the_formgrader_hold_the_sandboxed_scores(cycle: Cycle
     assert {ANA, BEN, CAI} <= set(by_student), cycle.formgrader_api
     assert by_student[ANA]["score"] == 12 and by_student[BEN]["score"] == 10
     assert by_student[CAI]["score"] == cycle.results[EX02][CAI].score
+    # auto-graded: nothing waits for a manual grade, and each row names its student (not "None, None")
+    assert [row["needs_manual_grade"] for row in cycle.formgrader_api] == [False] * len(cycle.formgrader_api)
+    assert "None, None" not in cycle.formgrader and by_student[ANA]["last_name"] == ANA
     for name in (ANA, BEN, CAI):
         assert name in cycle.formgrader
 
@@ -374,3 +402,13 @@ def test_students_kernels_load_the_shared_models_and_cannot_change_them(cycle: C
         "load a model the exercises do not use"], cycle.models
     assert sorted(p.name for p in cycle.room.models.iterdir()) == models.models_used_by(
         [REPO_ROOT / "exercises", REPO_ROOT / "solutions"])
+
+
+def test_the_formgraders_own_grading_and_feedback_refuse_and_class_grade_restores(cycle: Cycle) -> None:
+    assert cycle.buttons == {"generate_feedback": "refused", "autograde": "refused"}, cycle.buttons
+    assert cycle.restored == (True, True)
+    # ana's submission graded again (nbgrader removed its graded copy); the others reused, the missing student named
+    assert f"{ANA}: 12 / 12" in cycle.cli["grade"] and f"{BEN}: 10 / 12" in cycle.cli["grade"], cycle.cli["grade"]
+    assert "1 graded in" in cycle.cli["grade"] and "2 unchanged since the last run, reused" in cycle.cli["grade"]
+    assert f"no submission from 1: {DEV}" in cycle.cli["grade"]
+    assert f"written to {cycle.room.root / 'grades.csv'}" in cycle.cli["grades"]

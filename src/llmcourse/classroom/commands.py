@@ -97,9 +97,13 @@ def cmd_grade(args: argparse.Namespace) -> int:
     for result in results:
         print(f"{result.student_id}: {result.score:g} / {result.max_score:g}" + (f"  ({result.error})" if result.error else ""))
     graded = [result for result in results if not result.cached]
-    if graded:  # what sizes a class's run: the time per submission at this many jobs
-        print(f"{len(graded)} graded in {seconds:.0f} s with {args.jobs} jobs ({seconds / len(graded):.1f} s per "
-              f"submission, collecting and releasing included); {len(results) - len(graded)} unchanged, reused")
+    # what sizes a class's run: the time per submission at this many jobs
+    each = f" ({seconds / len(graded):.1f} s per submission, collecting and releasing included)" if graded else ""
+    print(f"{len(graded)} graded in {seconds:.0f} s with {args.jobs} jobs{each}; "
+          f"{len(results) - len(graded)} unchanged since the last run, reused")
+    missing = sorted(set(_room(args).roster().students) - {result.student_id for result in results})
+    if missing:
+        print(f"no submission from {len(missing)}: {', '.join(missing)}")
     print("scores are in the gradebook (the formgrader shows them) and the feedback is released")
     return 0
 
@@ -108,17 +112,19 @@ def cmd_grades(args: argparse.Namespace) -> int:
     from . import instructor
 
     try:
-        rows = instructor.grades_csv(_room(args), args.out)
+        room = _room(args)
+        out = args.out or room.root / "grades.csv"
+        rows = instructor.grades_csv(room, out)
     except (RuntimeError, FileNotFoundError) as error:
         return _fail(str(error))
-    print(f"{rows} rows (student x assignment) written to {args.out}")
+    print(f"{rows} rows (student x assignment) written to {out}")
     return 0
 
 
 def cmd_remove(args: argparse.Namespace) -> int:
     import shutil
 
-    from . import accounts
+    from . import accounts, hub
 
     room = _room(args)
     try:
@@ -128,6 +134,8 @@ def cmd_remove(args: argparse.Namespace) -> int:
     removed = [name for name in roster.people if accounts.remove_account(name)]
     shutil.rmtree(room.root)
     print(f"removed the accounts {', '.join(removed) or '(none)'} and {room.root}")
+    print(f"{hub.REPO_ROOT / 'solutions'} stays closed to other accounts (mode 700, set by setup); "
+          f"`chmod 755 {hub.REPO_ROOT / 'solutions'}` opens it again")
     return 0
 
 
@@ -158,7 +166,7 @@ def register(commands: Any) -> None:
     grade.add_argument("--jobs", "-j", type=int, default=2, help="submissions graded at once (default 2)")
     grade.set_defaults(run=cmd_grade)
     grades = steps.add_parser("grades", help="write every grade as CSV: student, assignment, score, status, parts")
-    grades.add_argument("--out", type=Path, default=Path("grades.csv"), help="default grades.csv")
+    grades.add_argument("--out", type=Path, default=None, help="default grades.csv in the class's folder")
     grades.set_defaults(run=cmd_grades)
     remove = steps.add_parser("remove", help="remove the class's accounts (only those it made) and its folder")
     remove.set_defaults(run=cmd_remove)

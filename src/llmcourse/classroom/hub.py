@@ -125,6 +125,33 @@ def _open_to_all(path: Path) -> bool:
     return all(parent.stat().st_mode & 0o001 for parent in path.parents) and bool(path.stat().st_mode & 0o005)
 
 
+def _check_supported(python: Path) -> None:
+    """Fail, naming them, if some of the course's packages need a newer Python than ``python``.
+
+    The class's interpreter reads the course's packages, which pip chose for the course's own Python;
+    one that needs a later patch release fails only when a student's server uses it.
+    """
+    from importlib.metadata import distributions
+
+    from packaging.specifiers import InvalidSpecifier, SpecifierSet
+
+    done = subprocess.run([str(python), "-c", "import platform; print(platform.python_version())"],
+                          capture_output=True, text=True, check=True)
+    version = done.stdout.strip()
+    too_new = []
+    for dist in distributions():
+        needs = dist.metadata.get("Requires-Python")
+        try:
+            if needs and not SpecifierSet(needs).contains(version, prereleases=True):
+                too_new.append(f"{dist.metadata['Name']} {dist.version} (Python {needs})")
+        except InvalidSpecifier:
+            continue
+    if too_new:
+        raise RuntimeError(f"the class's servers would run on {python} (Python {version}), which these packages of "
+                           f"the course do not support: {', '.join(sorted(too_new))}. Pin versions that do in "
+                           "requirements.txt, or install a newer Python of the same minor version system-wide.")
+
+
 def _make_class_python(classroom: Classroom) -> None:
     """A virtual environment every account can run, that sees the course's packages.
 
@@ -139,6 +166,7 @@ def _make_class_python(classroom: Classroom) -> None:
     if base is None:
         raise RuntimeError(f"no {version} that every account may run (tried {', '.join(map(str, candidates))}): "
                            f"install {version} system-wide, or make the course's interpreter readable by all")
+    _check_supported(base)
     venv = classroom.python.parent.parent
     if not classroom.python.exists():
         subprocess.run([str(base), "-m", "venv", "--without-pip", str(venv)], check=True, capture_output=True)
@@ -214,7 +242,12 @@ def _nbgrader_config(exchange: Path, course: Path | None) -> str:
     if course is not None:
         lines += [f"c.CourseDirectory.root = {str(course)!r}", 'c.CourseDirectory.source_directory = "solutions"',
                   'c.CourseDirectory.release_directory = "exercises"',
-                  "from llmcourse.grading.settings import apply_grading_settings", "apply_grading_settings(c)"]
+                  "from llmcourse.grading.settings import apply_grading_settings", "apply_grading_settings(c)",
+                  "# The formgrader's Autograde and Generate Feedback buttons refuse: `llmcourse class grade` does both",
+                  "# in the sandbox, without hidden tests in the feedback (llmcourse.classroom.formgrader).",
+                  "from llmcourse.classroom.formgrader import UseClassGrade",
+                  "c.Autograde.sanitize_preprocessors = [UseClassGrade]",
+                  "c.GenerateFeedback.preprocessors = [UseClassGrade]"]
     return "\n".join(lines) + "\n"
 
 

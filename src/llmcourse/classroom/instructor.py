@@ -22,15 +22,15 @@ from pathlib import Path
 
 from ..grading.results import GradeResult
 from . import accounts
-from .hub import COURSE_ID, Classroom
+from .hub import COURSE_ID, Classroom, server_environment
 
 
 def nbgrader(classroom: Classroom, *args: str) -> str:
     """Run ``nbgrader ARGS`` as the instructor in the course folder; return its output, raise with it on failure."""
     instructor = classroom.roster().instructor
     home = pwd.getpwnam(instructor).pw_dir
-    env = {"HOME": home, "USER": instructor, "PATH": f"{classroom.python.parent}:/usr/bin:/bin",
-           "JUPYTER_CONFIG_PATH": str(classroom.jupyter_dir("instructor")), "HF_HUB_OFFLINE": "1"}
+    env = {**server_environment(classroom), "HOME": home, "USER": instructor,  # as the instructor's server
+           "JUPYTER_CONFIG_PATH": str(classroom.jupyter_dir("instructor"))}
     done = subprocess.run([*accounts.as_user(instructor), str(classroom.python), "-m", "nbgrader", *args],
                           cwd=classroom.course, env=env, capture_output=True, text=True)
     if done.returncode != 0:
@@ -67,6 +67,11 @@ def record(classroom: Classroom, assignment: str, results: Sequence[GradeResult]
     submitted = classroom.course / "submitted"
     with warnings.catch_warnings(), Gradebook(f"sqlite:///{classroom.course / 'gradebook.db'}") as book:
         warnings.simplefilter("ignore", SAWarning)  # nbgrader's own session handling, as in grading.grader
+        for student in classroom.roster().students:  # every student, so the formgrader lists who did not submit
+            known = book.update_or_create_student(student)
+            if known.last_name is None and known.first_name is None:  # the formgrader would show "None, None"
+                known.last_name, known.first_name = student, ""
+        book.db.commit()
         for result in results:
             student = result.student_id
             book.update_or_create_student(student)
@@ -74,8 +79,9 @@ def record(classroom: Classroom, assignment: str, results: Sequence[GradeResult]
             submission = book.update_or_create_submission(assignment, student, **({"timestamp": stamp} if stamp else {}))
             grades = {grade.name: grade for notebook in submission.notebooks for grade in notebook.grades}
             for test in result.tests:
-                if test.name in grades:
+                if test.name in grades:  # as nbgrader's autograde: scored, so no manual grading unless overridden
                     grades[test.name].auto_score = test.score
+                    grades[test.name].needs_manual_grade = grades[test.name].manual_score is not None
             book.db.commit()
 
 

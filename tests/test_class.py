@@ -200,9 +200,7 @@ def try_as(room: hub.Classroom, name: str, path: Path) -> str:
     code = (f"import os\ntry:\n    os.listdir({str(path)!r}) if os.path.isdir({str(path)!r}) else open({str(path)!r}).read(1)\n"
             "    print('allowed')\nexcept PermissionError:\n    print('denied')\nexcept FileNotFoundError:\n"
             "    print('missing')\n")
-    done = subprocess.run([*accounts.as_user(name), str(room.python), "-c", code], capture_output=True, text=True,
-                          env={"HOME": f"/home/{name}", "PATH": "/usr/bin:/bin"}, cwd="/")
-    return done.stdout.strip() or done.stderr.strip()[-200:]
+    return python_as(room, name, code)
 
 
 def class_command(room: hub.Classroom, *args: str) -> str:

@@ -86,9 +86,10 @@ def cmd_grade(args: argparse.Namespace) -> int:
     from . import instructor
 
     print(f"llmcourse class grade: {probe().describe()}", file=sys.stderr)
+    room = _room(args)
     started = time.perf_counter()
     try:
-        results = instructor.grade(_room(args), args.assignment, jobs=args.jobs)
+        results = instructor.grade(room, args.assignment, jobs=args.jobs)
     except (RuntimeError, ValueError, FileNotFoundError) as error:
         return _fail(str(error))
     seconds = time.perf_counter() - started
@@ -101,7 +102,7 @@ def cmd_grade(args: argparse.Namespace) -> int:
     each = f" ({seconds / len(graded):.1f} s per submission, collecting and releasing included)" if graded else ""
     print(f"{len(graded)} graded in {seconds:.0f} s with {args.jobs} jobs{each}; "
           f"{len(results) - len(graded)} unchanged since the last run, reused")
-    missing = sorted(set(_room(args).roster().students) - {result.student_id for result in results})
+    missing = sorted(set(room.roster().students) - {result.student_id for result in results})
     if missing:
         print(f"no submission from {len(missing)}: {', '.join(missing)}")
     print("scores are in the gradebook (the formgrader shows them) and the feedback is released")

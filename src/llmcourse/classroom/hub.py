@@ -223,7 +223,7 @@ def share_models(classroom: Classroom, progress: bool = True) -> list[str]:
                 os.chmod(os.path.join(folder, file), 0o644)
         shutil.rmtree(shared / name, ignore_errors=True)
         staging.rename(shared / name)
-    accounts.give(shared, "root", 0o755)
+    shared.chmod(0o755)  # root's, as everything linked or copied in it
     return names
 
 
